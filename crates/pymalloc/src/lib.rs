@@ -1,1 +1,374 @@
-//! placeholder
+//! Layer +2 of pymalloc-rs: CPython's small-object allocator ("pymalloc", `Objects/obmalloc.c`)
+//! as a Rust [`GlobalAlloc`].
+//!
+//! ```text
+//! +3  object-specific allocators (free lists)        later crates
+//! +2  PyMalloc: arenas > pools > blocks              this crate
+//!       request <= 512 B and align <= 16 -> a block of its size class
+//!       anything else                     -> falls through to layer +1
+//! +1  RawMalloc: the C library's malloc              crate pymalloc-raw
+//! -1  the OS: mmap / munmap                          crate pymalloc-vmm (arenas come from here)
+//! ```
+//!
+//! ```
+//! use pymalloc::PyMalloc;
+//!
+//! #[global_allocator]
+//! static GLOBAL: PyMalloc = PyMalloc::new();
+//!
+//! let words: Vec<String> = (0..1000).map(|i| format!("word{i}")).collect();
+//! assert_eq!(words[999], "word999");
+//! assert!(GLOBAL.stats().blocks_in_use() >= 1000);
+//! ```
+//!
+//! # How a request flows
+//! `alloc(layout)` asks the [`Geometry`] for a size class: `(size - 1) >> 4` when
+//! `size <= 512` and `align <= 16`. A class request takes the heap lock and pops the first free
+//! block of the first pool in that class's list (the fast path); when the class
+//! has no pool with room, a pool is taken from the fullest arena that has one, and when no
+//! arena has one, a new 1 MiB arena is mapped from layer −1. Other requests go to the backend
+//! `B` (layer +1, [`RawMalloc`] by default) untouched.
+//!
+//! `dealloc(ptr, layout)` routes by the same rule, so a block always goes back to the layer
+//! that made it: the size class comes from the `Layout`, the pool from masking the address.
+//! `realloc` keeps a block in place while it stays in its class (or shrinks by at most a
+//! quarter, CPython's rule), and otherwise moves it, across the threshold in either direction.
+//!
+//! # Invariants
+//! - Blocks of class `i` are `(i + 1) * ALIGNMENT` bytes, `ALIGNMENT`-aligned, inside a pool
+//!   whose header is at `ptr & !(POOL_SIZE - 1)`, inside an `ARENA_SIZE`-aligned arena.
+//! - A block belongs to the `PyMalloc` that allocated it and must be freed there with its
+//!   layout (the `GlobalAlloc` contract). Debug builds verify this on every free (the
+//!   address must be a block of this allocator of the layout's class) and report a bad free
+//!   with the address and the reason, then abort.
+//! - One lock (a futex mutex that never allocates, see `sync`) guards the heap; it is the only
+//!   lock, so there is no lock order to respect. The arena map is read without it.
+//! - Nothing on these paths allocates, formats into a `String` or panics; failure to map an
+//!   arena returns null.
+//!
+//! # Departures from CPython
+//! - Arenas are mapped `ARENA_SIZE`-aligned (over-map and trim in layer −1): no pool is lost to
+//!   alignment and the "is this address ours" map needs one entry per arena.
+//! - Requests aligned beyond `ALIGNMENT` fall through to layer +1 (CPython has no alignment
+//!   parameter).
+//! - A request that needs a new arena when none can be mapped returns null instead of falling
+//!   back to `malloc`: `dealloc` routes by layout, so a small block must come from pools.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod arena;
+pub mod geometry;
+mod heap;
+mod map;
+mod pool;
+pub mod stats;
+mod sync;
+mod util;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+pub use geometry::{Geometry, Py37, Py310};
+pub use pymalloc_raw::RawMalloc;
+pub use stats::{ClassStats, Corruption, Stats};
+
+use heap::Heap;
+use map::ArenaMap;
+use sync::Lock;
+
+/// CPython's small-object allocator, usable as `#[global_allocator]`.
+///
+/// `B` is the layer below, which serves requests the size classes do not (larger than
+/// [`Geometry::SMALL_REQUEST_THRESHOLD`] or aligned beyond [`Geometry::ALIGNMENT`]). `G` is the
+/// geometry preset: [`Py310`] (512 B / 16 KiB pools / 1 MiB arenas) or [`Py37`]
+/// (256 B / 4 KiB / 256 KiB).
+///
+/// Dropping a `PyMalloc` unmaps all its arenas: blocks still allocated from it dangle.
+pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
+    heap: Lock<Heap<G>>,       // the pools and arenas, one thread at a time
+    map: ArenaMap<G>,          // address -> arena, read without the lock
+    backend: B,                // layer +1
+    large_blocks: AtomicUsize, // live blocks passed to the backend
+    large_bytes: AtomicUsize,  // bytes requested by them
+}
+
+impl PyMalloc {
+    /// A `PyMalloc` with CPython 3.10+'s geometry over the C library's malloc.
+    ///
+    /// `const`, so it can initialise a `static` used as `#[global_allocator]`. Nothing is
+    /// mapped until the first small allocation.
+    pub const fn new() -> Self {
+        Self::with_backend(RawMalloc)
+    }
+}
+
+impl Default for PyMalloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
+    /// A `PyMalloc` over `backend` with geometry `G`.
+    ///
+    /// ```
+    /// use pymalloc::{PyMalloc, Py37, RawMalloc};
+    /// static OLD_STYLE: PyMalloc<RawMalloc, Py37> = PyMalloc::with_backend(RawMalloc);
+    /// assert_eq!(OLD_STYLE.stats().threshold, 256);
+    /// ```
+    pub const fn with_backend(backend: B) -> Self {
+        let () = G::VALID;
+        Self {
+            heap: Lock::new(Heap::new()),
+            map: ArenaMap::new(),
+            backend,
+            large_blocks: AtomicUsize::new(0),
+            large_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// The layer below.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A snapshot of the allocator's figures; print it with `{}` for a report shaped like
+    /// CPython's `sys._debugmallocstats()`. Walks every pool under the heap lock; never
+    /// allocates.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.heap.lock().stats(&self.map);
+        s.large_blocks = self.large_blocks.load(Relaxed);
+        s.large_bytes = self.large_bytes.load(Relaxed);
+        s
+    }
+
+    /// Whether `ptr` points into one of this allocator's arenas. O(1) and lock-free: two
+    /// table lookups, never touching the memory at `ptr`. Blocks passed to the backend are not
+    /// "in an arena" and give `false`.
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.map.lookup(ptr as usize).is_some()
+    }
+
+    /// Returns wholly free arenas to the OS. The allocator keeps one free arena around after
+    /// its blocks are freed (so that a program allocating and freeing a few blocks in a loop
+    /// does not map and unmap an arena each time); this releases it. Returns how many arenas
+    /// were released.
+    pub fn trim(&self) -> usize {
+        self.heap.lock().trim(&self.map)
+    }
+
+    /// Walks the whole heap and checks every invariant of pools, arenas and lists (listed in
+    /// `docs/ARCHITECTURE.md`). O(heap size): for tests and debugging, not for hot paths.
+    ///
+    /// # Errors
+    /// The first broken invariant found, with the address concerned.
+    pub fn check_invariants(&self) -> Result<(), Corruption> {
+        self.heap.lock().check_invariants(&self.map)
+    }
+
+    #[inline(never)]
+    fn alloc_large(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: the caller's layout is valid (non-zero size per the GlobalAlloc contract;
+        // the backends we ship also accept zero).
+        let p = unsafe {
+            if zeroed {
+                self.backend.alloc_zeroed(layout)
+            } else {
+                self.backend.alloc(layout)
+            }
+        };
+        if !p.is_null() {
+            // Relaxed: statistics only.
+            self.large_blocks.fetch_add(1, Relaxed);
+            self.large_bytes.fetch_add(layout.size(), Relaxed);
+        }
+        p
+    }
+
+    /// # Safety
+    /// `ptr` came from `alloc_large` with `layout`.
+    #[inline(never)]
+    unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.backend.dealloc(ptr, layout) };
+        self.large_blocks.fetch_sub(1, Relaxed);
+        self.large_bytes.fetch_sub(layout.size(), Relaxed);
+    }
+
+    /// In debug builds, verifies that `ptr` is a live-looking block of class `class` of this
+    /// allocator, and otherwise reports the bad free and aborts.
+    #[inline(always)]
+    fn debug_check_block(&self, heap: &Heap<G>, ptr: *mut u8, class: usize, layout: Layout) {
+        if cfg!(debug_assertions)
+            && let Err(c) = heap.validate_block(ptr, class, layout.size(), &self.map)
+        {
+            bad_free(ptr, layout, &c);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_free(ptr: *mut u8, layout: Layout, c: &Corruption) -> ! {
+    let (expected, found) = (c.expected, c.found);
+    let mut detail = pymalloc_vmm::diag::StackWriter::<64>::new();
+    if expected != 0 || found != 0 {
+        let _ = core::fmt::Write::write_fmt(
+            &mut detail,
+            format_args!(" (expected {expected}, found {found})"),
+        );
+    }
+    pymalloc_vmm::diag::fatal(format_args!(
+        "pymalloc: bad free or realloc of {:p} (layout size {}, align {}): {}{}",
+        ptr,
+        layout.size(),
+        layout.align(),
+        c.what,
+        detail.as_str()
+    ))
+}
+
+// SAFETY: a small block is a distinct, ALIGNMENT-aligned block of at least `size` bytes,
+// handed out once until freed; everything else is the backend's, which upholds the same
+// contract. `dealloc`/`realloc` route by the same `class_for(layout)` rule as `alloc`, so each
+// block returns to the layer that made it. No path unwinds.
+unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match G::class_for(layout.size(), layout.align()) {
+            Some(class) => self.heap.lock().alloc(class, &self.map),
+            None => self.alloc_large(layout, false),
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match G::class_for(layout.size(), layout.align()) {
+            Some(class) => {
+                let p = self.heap.lock().alloc(class, &self.map);
+                if !p.is_null() {
+                    // A reused block holds old data and its free-list link: clear what the
+                    // caller asked for, outside the lock.
+                    // SAFETY: the block has at least `layout.size()` bytes.
+                    unsafe { p.write_bytes(0, layout.size()) };
+                }
+                p
+            }
+            None => self.alloc_large(layout, true),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match G::class_for(layout.size(), layout.align()) {
+            Some(class) => {
+                let mut heap = self.heap.lock();
+                self.debug_check_block(&heap, ptr, class, layout);
+                // SAFETY: per the GlobalAlloc contract `ptr` is a live block from `alloc`
+                // with this layout, hence of this class and this heap.
+                unsafe { heap.free(ptr, &self.map) };
+            }
+            // SAFETY: by the routing rule, the block came from `alloc_large` with `layout`.
+            None => unsafe { self.dealloc_large(ptr, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        // SAFETY: the realloc contract makes (new_size, align) a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        let copy = layout.size().min(new_size);
+        match (
+            G::class_for(layout.size(), align),
+            G::class_for(new_size, align),
+        ) {
+            (Some(old), Some(new)) => {
+                if cfg!(debug_assertions) {
+                    self.debug_check_block(&self.heap.lock(), ptr, old, layout);
+                }
+                // The block's real class may exceed the layout's after an in-place shrink.
+                // SAFETY: `ptr` is a live block of ours (the GlobalAlloc contract).
+                let real = unsafe { pool::class_of_block::<G>(ptr) };
+                let real_size = G::class_size(real);
+                // In place while the request still fits and either keeps the class or wastes
+                // at most a quarter of the block (CPython: `4*nbytes > 3*size`).
+                if new_size <= real_size && (new == real || 4 * new_size > 3 * real_size) {
+                    return ptr;
+                }
+                let mut heap = self.heap.lock();
+                let q = heap.alloc(new, &self.map);
+                if q.is_null() {
+                    return ptr::null_mut();
+                }
+                // SAFETY: both are live, distinct blocks of at least `copy` bytes; `ptr` is a
+                // block of this heap that the caller gives up on success.
+                unsafe {
+                    ptr::copy_nonoverlapping(ptr, q, copy);
+                    heap.free(ptr, &self.map);
+                }
+                q
+            }
+            (None, None) => {
+                // SAFETY: the block is the backend's, with this layout.
+                let q = unsafe { self.backend.realloc(ptr, layout, new_size) };
+                if !q.is_null() {
+                    self.large_bytes.fetch_add(new_size, Relaxed);
+                    self.large_bytes.fetch_sub(layout.size(), Relaxed);
+                }
+                q
+            }
+            (Some(old), None) => {
+                // Growing past the threshold: into layer +1.
+                let q = self.alloc_large(new_layout, false);
+                if q.is_null() {
+                    return ptr::null_mut();
+                }
+                let mut heap = self.heap.lock();
+                self.debug_check_block(&heap, ptr, old, layout);
+                // SAFETY: distinct live blocks of at least `copy` bytes; `ptr` is ours.
+                unsafe {
+                    ptr::copy_nonoverlapping(ptr, q, copy);
+                    heap.free(ptr, &self.map);
+                }
+                q
+            }
+            (None, Some(new)) => {
+                // Shrinking under the threshold: into a pool, so that `dealloc` with the new
+                // layout finds it where the routing rule says.
+                let q = self.heap.lock().alloc(new, &self.map);
+                if q.is_null() {
+                    return ptr::null_mut();
+                }
+                // SAFETY: distinct live blocks of at least `copy` bytes; `ptr` is the
+                // backend's with `layout`.
+                unsafe {
+                    ptr::copy_nonoverlapping(ptr, q, copy);
+                    self.dealloc_large(ptr, layout);
+                }
+                q
+            }
+        }
+    }
+}
+
+impl<B: GlobalAlloc, G: Geometry> Drop for PyMalloc<B, G> {
+    fn drop(&mut self) {
+        self.heap.get_mut().release_everything(&self.map);
+        // SAFETY: `&mut self`: no other thread can reach the map.
+        unsafe { self.map.release() };
+    }
+}
+
+impl<B: GlobalAlloc + core::fmt::Debug, G: Geometry> core::fmt::Debug for PyMalloc<B, G> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PyMalloc")
+            .field("geometry", &G::NAME)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,176 @@
+//! Arenas: `ARENA_SIZE`-aligned mappings from layer −1, cut into `MAX_POOLS_IN_ARENA` pools.
+//!
+//! The arena's bookkeeping does not live inside the arena: as in CPython, each mapped arena is
+//! described by an [`ArenaObject`] in a side table (CPython's `arenas` vector), and pools refer
+//! to their arena by index. The table grows by doubling (CPython: `INITIAL_ARENA_OBJECTS` = 16
+//! then doubling); it is mapped from layer −1, never from the allocator itself, and moving it is
+//! safe because everything refers to entries by index.
+//!
+//! Pools are carved from the arena in address order on first need (`pool_address` is the next
+//! never-used pool); pools that have been used and emptied go on the arena's `freepools` list.
+//!
+//! # Invariant
+//! For a live arena (`address != null`):
+//! `nfreepools == |freepools| + (address + ARENA_SIZE - pool_address) / POOL_SIZE`,
+//! `ntotalpools == MAX_POOLS_IN_ARENA` (no pool is lost to alignment: arenas are mapped
+//! `ARENA_SIZE`-aligned), and every pool on `freepools` has `count == 0`.
+
+use core::ptr::{self, NonNull};
+
+use crate::geometry::Geometry;
+use crate::pool::{DUMMY_SIZE_IDX, PoolHeader};
+
+/// "No arena" in index-linked lists.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// Bookkeeping for one arena. CPython: `struct arena_object`.
+pub(crate) struct ArenaObject {
+    pub(crate) address: *mut u8, // arena base; null when this slot holds no arena
+    pub(crate) pool_address: *mut u8, // next never-used pool
+    pub(crate) freepools: *mut PoolHeader, // emptied pools, linked through `nextpool`
+    pub(crate) nfreepools: u32,  // pools: |freepools| + never-used pools
+    pub(crate) ntotalpools: u32, // pools in the arena
+    pub(crate) nextarena: u32,   // index: next in usable_arenas / unused slots list
+    pub(crate) prevarena: u32,   // index: previous in usable_arenas
+}
+
+impl ArenaObject {
+    const EMPTY: Self = Self {
+        address: ptr::null_mut(),
+        pool_address: ptr::null_mut(),
+        freepools: ptr::null_mut(),
+        nfreepools: 0,
+        ntotalpools: 0,
+        nextarena: NONE,
+        prevarena: NONE,
+    };
+
+    /// Takes a pool from this arena: an emptied one if any (its `szidx` and free list are kept,
+    /// so reuse for the same class skips initialisation), else the next never-used one.
+    ///
+    /// # Safety
+    /// The arena is live and `nfreepools > 0`; `index` is its slot in the table.
+    pub(crate) unsafe fn take_pool<G: Geometry>(&mut self, index: u32) -> *mut PoolHeader {
+        debug_assert!(self.nfreepools > 0);
+        self.nfreepools -= 1;
+        let pool = self.freepools;
+        if !pool.is_null() {
+            // SAFETY: pools on `freepools` are initialised headers inside this arena.
+            self.freepools = unsafe { (*pool).nextpool };
+            return pool;
+        }
+        let pool: *mut PoolHeader = self.pool_address.cast();
+        // SAFETY: nfreepools > 0 with an empty free list means never-used pools remain, so
+        // `pool_address` is a pool-aligned address inside the arena.
+        unsafe {
+            self.pool_address = self.pool_address.add(G::POOL_SIZE);
+            (*pool).arenaindex = index;
+            (*pool).szidx = DUMMY_SIZE_IDX;
+            (*pool).owner = 0;
+            (*pool).remote_free = ptr::null_mut();
+        }
+        pool
+    }
+
+    /// Puts an emptied pool back on this arena's free list.
+    ///
+    /// # Safety
+    /// `pool` belongs to this live arena, holds no live block and is in no other list.
+    pub(crate) unsafe fn give_pool(&mut self, pool: *mut PoolHeader) {
+        // SAFETY: the pool header is ours.
+        unsafe { (*pool).nextpool = self.freepools };
+        self.freepools = pool;
+        self.nfreepools += 1;
+    }
+
+    /// Pools never carved yet.
+    pub(crate) fn virgin_pools<G: Geometry>(&self) -> usize {
+        (self.address as usize + G::ARENA_SIZE - self.pool_address as usize) / G::POOL_SIZE
+    }
+}
+
+/// The growable table of [`ArenaObject`]s, mapped from layer −1.
+pub(crate) struct ArenaTable {
+    ptr: *mut ArenaObject, // start of the mapping; null until the first arena
+    cap: u32,              // entries
+}
+
+impl ArenaTable {
+    /// CPython: `INITIAL_ARENA_OBJECTS`.
+    const INITIAL_ARENA_OBJECTS: u32 = 16;
+
+    pub(crate) const fn new() -> Self {
+        Self {
+            ptr: ptr::null_mut(),
+            cap: 0,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.cap
+    }
+
+    /// Bytes of address space the table occupies.
+    pub(crate) fn bytes(&self) -> usize {
+        if self.ptr.is_null() {
+            0
+        } else {
+            pymalloc_vmm::round_to_pages(self.cap as usize * size_of::<ArenaObject>()).unwrap_or(0)
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self, i: u32) -> &ArenaObject {
+        debug_assert!(i < self.cap, "arena index {i} out of {}", self.cap);
+        // SAFETY: `i < cap` (checked in debug builds; callers only pass indices they read from
+        // this table or from pools it owns), and entries are initialised.
+        unsafe { &*self.ptr.add(i as usize) }
+    }
+
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, i: u32) -> &mut ArenaObject {
+        debug_assert!(i < self.cap, "arena index {i} out of {}", self.cap);
+        // SAFETY: as in `get`, with `&mut self` giving exclusive access.
+        unsafe { &mut *self.ptr.add(i as usize) }
+    }
+
+    /// Doubles the table (or creates it). The new entries are empty slots; returns the range
+    /// of new indices, or `None` if the mapping failed (the old table is then untouched).
+    pub(crate) fn grow(&mut self) -> Option<core::ops::Range<u32>> {
+        let new_cap = if self.cap == 0 {
+            Self::INITIAL_ARENA_OBJECTS
+        } else {
+            self.cap.checked_mul(2)?
+        };
+        if new_cap == NONE {
+            return None;
+        }
+        let bytes = (new_cap as usize).checked_mul(size_of::<ArenaObject>())?;
+        let new: *mut ArenaObject = pymalloc_vmm::map(bytes)?.as_ptr().cast();
+        // SAFETY: `new` has room for `new_cap` entries; the old table has `cap` initialised
+        // ones and is unmapped only after the copy.
+        unsafe {
+            if !self.ptr.is_null() {
+                ptr::copy_nonoverlapping(self.ptr, new, self.cap as usize);
+                self.release();
+            }
+            for i in self.cap..new_cap {
+                new.add(i as usize).write(ArenaObject::EMPTY);
+            }
+        }
+        let old_cap = self.cap;
+        self.ptr = new;
+        self.cap = new_cap;
+        Some(old_cap..new_cap)
+    }
+
+    /// Unmaps the table itself (not the arenas it describes).
+    pub(crate) fn release(&mut self) {
+        if let Some(p) = NonNull::new(self.ptr) {
+            // SAFETY: the table was mapped with this size and nothing refers to it after this.
+            unsafe { pymalloc_vmm::unmap(p.cast(), self.cap as usize * size_of::<ArenaObject>()) };
+        }
+        self.ptr = ptr::null_mut();
+        self.cap = 0;
+    }
+}

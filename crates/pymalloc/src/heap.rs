@@ -1,0 +1,784 @@
+//! The heap: CPython's obmalloc algorithm over arenas, pools and blocks, single-owner.
+//!
+//! A [`Heap`] is manipulated through `&mut self` only and knows nothing of threads: whoever
+//! owns it (today a lock in [`crate::PyMalloc`], later one heap per thread) decides how it is
+//! shared. It owns:
+//!
+//! - `usedpools[class]`: a doubly linked list of the pools of each class that have both live
+//!   and free blocks. Allocation takes the first pool's first free block (the fast path).
+//!   A pool that fills up leaves the list; one that gets a block back re-enters at the front;
+//!   one that empties goes back to its arena. (CPython threads the same lists through a table
+//!   of fake headers, `usedpools[2*i]`; plain head pointers with null ends do the same job.)
+//! - the arena table, and `usable_arenas`: the arenas that still have free pools, kept sorted
+//!   by ascending free-pool count, so new pools come from the fullest arena and nearly empty
+//!   arenas get the chance to empty completely. `nfp2lasta[n]` remembers the last arena in the
+//!   list with `n` free pools, which makes keeping the order O(1) (CPython bpo-37029).
+//! - the counters behind [`Stats`].
+//!
+//! # Pool states
+//! ```text
+//!            alloc fills it                      free empties it
+//!   used  ---------------->  full        used  ----------------->  empty (on arena.freepools)
+//!   used  <----------------  full        used  <-----------------  empty  (new pool for class)
+//!         free of one block
+//! ```
+//!
+//! # Releasing arenas
+//! When the last pool of an arena becomes empty the arena goes back to the OS, except when it
+//! is the last arena of `usable_arenas` (CPython bpo-37257): keeping one wholly free arena stops
+//! a program that repeatedly allocates and frees a few blocks from mapping and unmapping an
+//! arena each time. [`Heap::trim`] releases such a kept arena on request.
+//!
+//! # Invariants (checked by [`Heap::check_invariants`])
+//! - Every pool in `usedpools[i]` has `szidx == i` and `0 < count < capacity`.
+//! - Every pool obeys `count + |free list| + virgin == capacity` (see [`crate::pool`]).
+//! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
+//!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
+//! - Every live arena is registered in the arena map under its index.
+
+use core::ptr;
+
+use crate::arena::{ArenaObject, ArenaTable, NONE};
+use crate::geometry::{Geometry, MAX_CLASSES, MAX_POOLS_PER_ARENA};
+use crate::map::ArenaMap;
+use crate::pool::{self, PoolHeader};
+use crate::stats::{ClassStats, Corruption, Stats};
+use crate::util::{likely, unlikely};
+
+pub(crate) struct Heap<G: Geometry> {
+    usedpools: [*mut PoolHeader; MAX_CLASSES], // head of each class's list of used pools
+    arenas: ArenaTable,                        // every arena slot, live or not
+    usable_arenas: u32,                        // head of the sorted list; index or NONE
+    unused_arena_objects: u32,                 // empty slots, linked through nextarena
+    nfp2lasta: [u32; MAX_POOLS_PER_ARENA + 1], // last usable arena with n free pools
+    narenas_currently_allocated: usize,        // arenas mapped now
+    ntimes_arena_allocated: usize,             // arenas ever mapped
+    narenas_highwater: usize,                  // most arenas mapped at once
+    _geometry: core::marker::PhantomData<G>,
+}
+
+// The heap is only ever reached through a lock that gives one thread at a time `&mut Heap`;
+// its raw pointers point into arenas and tables that it owns.
+// SAFETY: nothing in the heap is tied to the thread that created it.
+unsafe impl<G: Geometry> Send for Heap<G> {}
+
+impl<G: Geometry> Heap<G> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            usedpools: [ptr::null_mut(); MAX_CLASSES],
+            arenas: ArenaTable::new(),
+            usable_arenas: NONE,
+            unused_arena_objects: NONE,
+            nfp2lasta: [NONE; MAX_POOLS_PER_ARENA + 1],
+            narenas_currently_allocated: 0,
+            ntimes_arena_allocated: 0,
+            narenas_highwater: 0,
+            _geometry: core::marker::PhantomData,
+        }
+    }
+
+    /// Allocates one block of class `class`, or returns null if a new arena was needed and
+    /// could not be mapped.
+    ///
+    /// The fast path is one load of the class's first pool, a pop from its free list and a
+    /// test; it does not check `class` (the caller derived it from a `Layout`).
+    #[inline(always)]
+    pub(crate) fn alloc(&mut self, class: usize, map: &ArenaMap<G>) -> *mut u8 {
+        debug_assert!(class < G::NB_SMALL_SIZE_CLASSES);
+        let pool = self.usedpools[class];
+        if likely(!pool.is_null()) {
+            // SAFETY: pools in usedpools are initialised, of this class, and not full.
+            let (bp, full) = unsafe { pool::pop::<G>(pool, class) };
+            if unlikely(full) {
+                // SAFETY: `pool` heads usedpools[class].
+                unsafe { self.unlink_used(pool, class) };
+            }
+            return bp;
+        }
+        self.alloc_from_new_pool(class, map)
+    }
+
+    /// Returns block `p` to its pool.
+    ///
+    /// # Safety
+    /// `p` is a live block handed out by this heap's `alloc`, and dead from now on.
+    #[inline(always)]
+    pub(crate) unsafe fn free(&mut self, p: *mut u8, map: &ArenaMap<G>) {
+        // SAFETY: `p` is a live block of one of our pools.
+        let (pool, was_full) = unsafe { pool::push::<G>(p) };
+        if unlikely(was_full) {
+            // A full pool is in no list; it has free space again, so it goes to the front of
+            // its class list (CPython: insert_to_usedpool). Pools hold >= 2 blocks, so it
+            // cannot have become empty.
+            // SAFETY: the pool is initialised and in no list.
+            unsafe {
+                let class = (*pool).szidx as usize;
+                self.push_used(pool, class);
+            }
+            return;
+        }
+        // SAFETY: the pool is initialised.
+        if unlikely(unsafe { (*pool).count } == 0) {
+            // SAFETY: an empty pool that was not full is in its class's used list.
+            unsafe { self.insert_to_freepool(pool, map) };
+        }
+    }
+
+    /// Links `pool` at the front of `usedpools[class]`.
+    ///
+    /// # Safety
+    /// `pool` is an initialised pool of class `class` in no list.
+    #[inline]
+    unsafe fn push_used(&mut self, pool: *mut PoolHeader, class: usize) {
+        let head = self.usedpools[class];
+        // SAFETY: `pool` and `head` (if any) are initialised pool headers we own.
+        unsafe {
+            (*pool).nextpool = head;
+            (*pool).prevpool = ptr::null_mut();
+            if !head.is_null() {
+                (*head).prevpool = pool;
+            }
+        }
+        self.usedpools[class] = pool;
+    }
+
+    /// Unlinks `pool` from `usedpools[class]`.
+    ///
+    /// # Safety
+    /// `pool` is in `usedpools[class]`.
+    #[inline]
+    unsafe fn unlink_used(&mut self, pool: *mut PoolHeader, class: usize) {
+        // SAFETY: `pool` and its neighbours are initialised pool headers in the list.
+        unsafe {
+            let next = (*pool).nextpool;
+            let prev = (*pool).prevpool;
+            if prev.is_null() {
+                self.usedpools[class] = next;
+            } else {
+                (*prev).nextpool = next;
+            }
+            if !next.is_null() {
+                (*next).prevpool = prev;
+            }
+        }
+    }
+
+    /// The slow path of `alloc`: no used pool of this class exists, so take a pool from the
+    /// first usable arena (mapping a new arena if there is none). CPython:
+    /// `allocate_from_new_pool`.
+    #[cold]
+    #[inline(never)]
+    fn alloc_from_new_pool(&mut self, class: usize, map: &ArenaMap<G>) -> *mut u8 {
+        if self.usable_arenas == NONE {
+            let Some(ai) = self.new_arena(map) else {
+                return ptr::null_mut();
+            };
+            let a = self.arenas.get_mut(ai);
+            a.nextarena = NONE;
+            a.prevarena = NONE;
+            let nf = a.nfreepools as usize;
+            self.usable_arenas = ai;
+            debug_assert_eq!(self.nfp2lasta[nf], NONE);
+            self.nfp2lasta[nf] = ai;
+        }
+        let ai = self.usable_arenas;
+        let nf = self.arenas.get(ai).nfreepools as usize;
+        // The head arena has the fewest free pools; taking one keeps it at the head, so only
+        // nfp2lasta needs fixing.
+        if self.nfp2lasta[nf] == ai {
+            self.nfp2lasta[nf] = NONE;
+        }
+        if nf > 1 {
+            debug_assert_eq!(self.nfp2lasta[nf - 1], NONE);
+            self.nfp2lasta[nf - 1] = ai;
+        }
+        let arena = self.arenas.get_mut(ai);
+        // SAFETY: the arena is live and usable, so it has a free pool.
+        let pool = unsafe { arena.take_pool::<G>(ai) };
+        if arena.nfreepools == 0 {
+            // Wholly allocated: it leaves the list of usable arenas.
+            let next = arena.nextarena;
+            self.usable_arenas = next;
+            if next != NONE {
+                self.arenas.get_mut(next).prevarena = NONE;
+            }
+        }
+        // SAFETY: `pool` is now ours, in no list, and holds no live block.
+        unsafe {
+            let bp = if (*pool).szidx as usize == class {
+                // It last held this class: header and free list are ready (it holds >= 2
+                // carved blocks, all free).
+                (*pool).count = 0;
+                pool::pop::<G>(pool, class).0
+            } else {
+                pool::init::<G>(pool, class)
+            };
+            self.push_used(pool, class);
+            bp
+        }
+    }
+
+    /// Maps a new arena and registers it; returns its index. CPython: `new_arena`.
+    #[cold]
+    fn new_arena(&mut self, map: &ArenaMap<G>) -> Option<u32> {
+        if self.unused_arena_objects == NONE {
+            let fresh = self.arenas.grow()?;
+            // Chain the new slots, lowest index first.
+            for i in fresh.clone() {
+                let next = if i + 1 < fresh.end { i + 1 } else { NONE };
+                self.arenas.get_mut(i).nextarena = next;
+            }
+            self.unused_arena_objects = fresh.start;
+        }
+        let ai = self.unused_arena_objects;
+        let base = pymalloc_vmm::map_aligned(G::ARENA_SIZE, G::ARENA_SIZE)?;
+        // SAFETY: we hold the heap (the map's only writer) and own the new arena.
+        if !unsafe { map.insert(base.as_ptr() as usize, ai) } {
+            // SAFETY: mapped just above and never handed out.
+            unsafe { pymalloc_vmm::unmap(base, G::ARENA_SIZE) };
+            return None;
+        }
+        let a = self.arenas.get_mut(ai);
+        self.unused_arena_objects = a.nextarena;
+        a.address = base.as_ptr();
+        a.pool_address = base.as_ptr();
+        a.freepools = ptr::null_mut();
+        a.nfreepools = G::MAX_POOLS_IN_ARENA as u32;
+        a.ntotalpools = G::MAX_POOLS_IN_ARENA as u32;
+        a.nextarena = NONE;
+        a.prevarena = NONE;
+        self.narenas_currently_allocated += 1;
+        self.ntimes_arena_allocated += 1;
+        self.narenas_highwater = self.narenas_highwater.max(self.narenas_currently_allocated);
+        Some(ai)
+    }
+
+    /// Unmaps arena `ai`, which is in no list, and recycles its slot.
+    fn release_arena(&mut self, ai: u32, map: &ArenaMap<G>) {
+        let unused = self.unused_arena_objects;
+        let a = self.arenas.get_mut(ai);
+        let base = a.address;
+        a.address = ptr::null_mut();
+        a.freepools = ptr::null_mut();
+        a.nfreepools = 0;
+        a.prevarena = NONE;
+        a.nextarena = unused;
+        self.unused_arena_objects = ai;
+        // SAFETY: we hold the heap and the arena was registered under this base.
+        unsafe { map.remove(base as usize) };
+        // SAFETY: every pool of the arena is free, so no block in it is live; the arena was
+        // mapped with ARENA_SIZE bytes and nothing refers to it any more.
+        unsafe { pymalloc_vmm::unmap(ptr::NonNull::new_unchecked(base), G::ARENA_SIZE) };
+        self.narenas_currently_allocated -= 1;
+    }
+
+    /// Unlinks arena `ai` from `usable_arenas`.
+    fn unlink_usable(&mut self, ai: u32) {
+        let (prev, next) = {
+            let a = self.arenas.get(ai);
+            (a.prevarena, a.nextarena)
+        };
+        if prev == NONE {
+            self.usable_arenas = next;
+        } else {
+            self.arenas.get_mut(prev).nextarena = next;
+        }
+        if next != NONE {
+            self.arenas.get_mut(next).prevarena = prev;
+        }
+    }
+
+    /// A pool has just become empty: give it back to its arena and keep `usable_arenas`
+    /// sorted, releasing the arena if it is wholly free. CPython: `insert_to_freepool`.
+    ///
+    /// # Safety
+    /// `pool` is an empty pool currently in its class's used list.
+    #[cold]
+    #[inline(never)]
+    unsafe fn insert_to_freepool(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+        // SAFETY: `pool` is an initialised header in usedpools[szidx].
+        let (class, ai) = unsafe { ((*pool).szidx as usize, (*pool).arenaindex) };
+        // SAFETY: as above.
+        unsafe { self.unlink_used(pool, class) };
+        let ao = self.arenas.get_mut(ai);
+        // SAFETY: the pool belongs to this arena and is now in no list.
+        unsafe { ao.give_pool(pool) };
+        let nf = ao.nfreepools as usize; // after the increment
+        let old_nf = nf - 1;
+
+        // If ao was the last arena with old_nf free pools, its predecessor may take that role.
+        let lastnf = self.nfp2lasta[old_nf];
+        if lastnf == ai {
+            let p = self.arenas.get(ai).prevarena;
+            self.nfp2lasta[old_nf] =
+                if p != NONE && self.arenas.get(p).nfreepools as usize == old_nf {
+                    p
+                } else {
+                    NONE
+                };
+        }
+
+        let (ntotal, next) = {
+            let a = self.arenas.get(ai);
+            (a.ntotalpools as usize, a.nextarena)
+        };
+        // Case 1: wholly free and not the last usable arena -> back to the OS.
+        if nf == ntotal && next != NONE {
+            self.unlink_usable(ai);
+            self.release_arena(ai, map);
+            return;
+        }
+        // Case 2: it was full (in no list); it now has the fewest free pools: goes first.
+        if nf == 1 {
+            let head = self.usable_arenas;
+            let a = self.arenas.get_mut(ai);
+            a.nextarena = head;
+            a.prevarena = NONE;
+            if head != NONE {
+                self.arenas.get_mut(head).prevarena = ai;
+            }
+            self.usable_arenas = ai;
+            if self.nfp2lasta[1] == NONE {
+                self.nfp2lasta[1] = ai;
+            }
+            return;
+        }
+        // ao now has nf free pools. If no other arena has nf, it is the last with nf.
+        if self.nfp2lasta[nf] == NONE {
+            self.nfp2lasta[nf] = ai;
+        }
+        // Case 3: ao was the last with old_nf, so everything after it already has >= nf:
+        // the order holds.
+        if lastnf == ai {
+            return;
+        }
+        // Case 4: move ao to just after lastnf, the last arena with old_nf free pools (it
+        // cannot be NONE: ao itself had old_nf, so some arena is last with it).
+        debug_assert_ne!(lastnf, NONE);
+        self.unlink_usable(ai);
+        let after = self.arenas.get(lastnf).nextarena;
+        {
+            let a = self.arenas.get_mut(ai);
+            a.prevarena = lastnf;
+            a.nextarena = after;
+        }
+        if after != NONE {
+            self.arenas.get_mut(after).prevarena = ai;
+        }
+        self.arenas.get_mut(lastnf).nextarena = ai;
+    }
+
+    /// Releases every wholly free arena (normally at most one: the arena kept by the
+    /// bpo-37257 rule). Returns how many were released.
+    pub(crate) fn trim(&mut self, map: &ArenaMap<G>) -> usize {
+        let mut released = 0;
+        let mut ai = self.usable_arenas;
+        while ai != NONE {
+            let a = self.arenas.get(ai);
+            let next = a.nextarena;
+            if a.nfreepools == a.ntotalpools {
+                let nf = a.nfreepools as usize;
+                if self.nfp2lasta[nf] == ai {
+                    let p = a.prevarena;
+                    self.nfp2lasta[nf] =
+                        if p != NONE && self.arenas.get(p).nfreepools as usize == nf {
+                            p
+                        } else {
+                            NONE
+                        };
+                }
+                self.unlink_usable(ai);
+                self.release_arena(ai, map);
+                released += 1;
+            }
+            ai = next;
+        }
+        released
+    }
+
+    /// Unmaps every arena and the arena table, whatever they hold. Only for `Drop`.
+    pub(crate) fn release_everything(&mut self, map: &ArenaMap<G>) {
+        for ai in 0..self.arenas.capacity() {
+            if !self.arenas.get(ai).address.is_null() {
+                self.release_arena(ai, map);
+            }
+        }
+        self.arenas.release();
+        *self = Self::new();
+    }
+
+    /// Iterates over the carved pools of a live arena.
+    fn carved_pools(a: &ArenaObject) -> impl Iterator<Item = *mut PoolHeader> {
+        let base = a.address;
+        let carved = (a.pool_address as usize - base as usize) / G::POOL_SIZE;
+        // SAFETY (of the `add`): every carved pool lies inside the arena.
+        (0..carved).map(move |k| base.wrapping_add(k * G::POOL_SIZE).cast::<PoolHeader>())
+    }
+
+    /// A snapshot of the heap's figures, computed by walking every pool (CPython:
+    /// `pymalloc_print_stats`). Never allocates.
+    pub(crate) fn stats(&self, map: &ArenaMap<G>) -> Stats {
+        let mut s = Stats::empty();
+        s.geometry = G::NAME;
+        s.alignment = G::ALIGNMENT;
+        s.threshold = G::SMALL_REQUEST_THRESHOLD;
+        s.nclasses = G::NB_SMALL_SIZE_CLASSES;
+        s.pool_size = G::POOL_SIZE;
+        s.arena_size = G::ARENA_SIZE;
+        for (i, c) in s
+            .classes
+            .iter_mut()
+            .enumerate()
+            .take(G::NB_SMALL_SIZE_CLASSES)
+        {
+            c.size = G::class_size(i);
+        }
+        for ai in 0..self.arenas.capacity() {
+            let a = self.arenas.get(ai);
+            if a.address.is_null() {
+                continue;
+            }
+            s.unused_pools += a.nfreepools as usize;
+            for pool in Self::carved_pools(a) {
+                // SAFETY: carved pools have initialised headers.
+                let (count, szidx) = unsafe { ((*pool).count as usize, (*pool).szidx as usize) };
+                if count == 0 {
+                    continue;
+                }
+                let c: &mut ClassStats = &mut s.classes[szidx];
+                c.pools += 1;
+                c.blocks_in_use += count;
+                c.free_blocks += G::blocks_per_pool(szidx) - count;
+            }
+        }
+        for i in 0..G::NB_SMALL_SIZE_CLASSES {
+            let c = s.classes[i];
+            let (pools, size) = (c.pools, c.size);
+            s.bytes_in_allocated_blocks += c.blocks_in_use * size;
+            s.bytes_in_available_blocks += c.free_blocks * size;
+            s.pool_header_bytes += pools * G::POOL_OVERHEAD;
+            s.quantization_bytes += pools * ((G::POOL_SIZE - G::POOL_OVERHEAD) % size);
+        }
+        s.arenas_allocated_total = self.ntimes_arena_allocated;
+        s.arenas_current = self.narenas_currently_allocated;
+        s.arenas_reclaimed = self.ntimes_arena_allocated - self.narenas_currently_allocated;
+        s.arenas_highwater = self.narenas_highwater;
+        s.total_arena_bytes = self.narenas_currently_allocated * G::ARENA_SIZE;
+        s.arena_map_leaves = map.leaves();
+        s.metadata_bytes = self.arenas.bytes() + map.bytes();
+        s
+    }
+
+    /// Checks that `p` can be a live block freed with a layout of `size` bytes (class
+    /// `class`): inside one of our arenas, in a carved pool in use, at a block boundary, and in
+    /// a pool of that class (or of a larger one it was shrunk from in place). Otherwise says
+    /// what is wrong.
+    pub(crate) fn validate_block(
+        &self,
+        p: *mut u8,
+        class: usize,
+        size: usize,
+        map: &ArenaMap<G>,
+    ) -> Result<(), Corruption> {
+        let addr = p as usize;
+        let bad = |what, expected, found| {
+            Err(Corruption {
+                what,
+                address: addr,
+                expected,
+                found,
+            })
+        };
+        let Some(ai) = map.lookup(addr) else {
+            return bad("pointer is not inside any arena of this allocator", 0, 0);
+        };
+        let a = self.arenas.get(ai);
+        let pool = pool::pool_of::<G>(p);
+        if (pool as usize) >= a.pool_address as usize {
+            return bad(
+                "pointer is in a pool never handed out",
+                a.pool_address as usize,
+                pool as usize,
+            );
+        }
+        // SAFETY: a carved pool of a live arena has an initialised header.
+        let (count, szidx, nextoffset) = unsafe {
+            (
+                (*pool).count as usize,
+                (*pool).szidx as usize,
+                (*pool).nextoffset as usize,
+            )
+        };
+        if count == 0 {
+            return bad(
+                "pointer is in a pool with no live block (double free?)",
+                0,
+                0,
+            );
+        }
+        // A block shrunk in place by `realloc` keeps its larger class while its layout names
+        // a smaller one; that is allowed exactly when CPython's in-place rule allowed it.
+        let fits = szidx == class
+            || (szidx > class
+                && szidx < G::NB_SMALL_SIZE_CLASSES
+                && 4 * size.max(1) > 3 * G::class_size(szidx));
+        if !fits {
+            return bad(
+                "size class of the layout differs from the block's",
+                class,
+                szidx,
+            );
+        }
+        let off = addr - pool as usize;
+        let block = G::class_size(szidx);
+        if off < G::POOL_OVERHEAD || !(off - G::POOL_OVERHEAD).is_multiple_of(block) {
+            return bad("pointer is not the start of a block", G::POOL_OVERHEAD, off);
+        }
+        if off >= nextoffset {
+            return bad(
+                "pointer is past the carved blocks of its pool",
+                nextoffset,
+                off,
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks every invariant listed in the module docs; O(size of the heap).
+    pub(crate) fn check_invariants(&self, map: &ArenaMap<G>) -> Result<(), Corruption> {
+        let fail = |what, address: usize, expected, found| {
+            Err(Corruption {
+                what,
+                address,
+                expected,
+                found,
+            })
+        };
+        // Used pools.
+        for class in 0..G::NB_SMALL_SIZE_CLASSES {
+            let mut prev: *mut PoolHeader = ptr::null_mut();
+            let mut pool = self.usedpools[class];
+            while !pool.is_null() {
+                // SAFETY: pools in the lists are initialised headers (that is what we check).
+                let h = unsafe { &*pool };
+                let at = pool as usize;
+                if h.prevpool != prev {
+                    return fail(
+                        "usedpools back link",
+                        at,
+                        prev as usize,
+                        h.prevpool as usize,
+                    );
+                }
+                if h.szidx as usize != class {
+                    return fail("pool in the wrong class list", at, class, h.szidx as usize);
+                }
+                let cap = G::blocks_per_pool(class);
+                if h.count == 0 || h.count as usize >= cap {
+                    return fail(
+                        "used pool neither empty nor full",
+                        at,
+                        cap,
+                        h.count as usize,
+                    );
+                }
+                prev = pool;
+                pool = h.nextpool;
+            }
+        }
+        // Arenas and their pools.
+        let mut live = 0;
+        for ai in 0..self.arenas.capacity() {
+            let a = self.arenas.get(ai);
+            if a.address.is_null() {
+                continue;
+            }
+            live += 1;
+            let base = a.address as usize;
+            if !base.is_multiple_of(G::ARENA_SIZE) {
+                return fail(
+                    "arena not ARENA_SIZE-aligned",
+                    base,
+                    0,
+                    base % G::ARENA_SIZE,
+                );
+            }
+            if map.lookup(base) != Some(ai) {
+                return fail("arena missing from the arena map", base, ai as usize, 0);
+            }
+            if a.ntotalpools as usize != G::MAX_POOLS_IN_ARENA {
+                return fail(
+                    "arena pool count",
+                    base,
+                    G::MAX_POOLS_IN_ARENA,
+                    a.ntotalpools as usize,
+                );
+            }
+            let mut free = 0;
+            let mut fp = a.freepools;
+            while !fp.is_null() {
+                free += 1;
+                // SAFETY: pools on freepools are initialised headers.
+                let h = unsafe { &*fp };
+                if h.count != 0 || h.arenaindex != ai {
+                    return fail(
+                        "pool on freepools is in use",
+                        fp as usize,
+                        0,
+                        h.count as usize,
+                    );
+                }
+                if free > G::MAX_POOLS_IN_ARENA {
+                    return fail(
+                        "freepools list has a cycle",
+                        base,
+                        G::MAX_POOLS_IN_ARENA,
+                        free,
+                    );
+                }
+                fp = h.nextpool;
+            }
+            let expect = free + a.virgin_pools::<G>();
+            if a.nfreepools as usize != expect {
+                return fail("arena nfreepools", base, expect, a.nfreepools as usize);
+            }
+            for pool in Self::carved_pools(a) {
+                // SAFETY: carved pools have initialised headers.
+                let h = unsafe { &*pool };
+                if h.arenaindex != ai {
+                    return fail(
+                        "pool arena index",
+                        pool as usize,
+                        ai as usize,
+                        h.arenaindex as usize,
+                    );
+                }
+                if h.count == 0 {
+                    continue;
+                }
+                let class = h.szidx as usize;
+                if class >= G::NB_SMALL_SIZE_CLASSES {
+                    return fail(
+                        "pool size class",
+                        pool as usize,
+                        G::NB_SMALL_SIZE_CLASSES,
+                        class,
+                    );
+                }
+                let (cap, size) = (G::blocks_per_pool(class), G::class_size(class));
+                let mut nfree = 0;
+                let mut b = h.freeblock;
+                while !b.is_null() {
+                    let off = (b as usize).wrapping_sub(pool as usize);
+                    if off < G::POOL_OVERHEAD
+                        || off >= h.nextoffset as usize
+                        || !(off - G::POOL_OVERHEAD).is_multiple_of(size)
+                    {
+                        return fail(
+                            "free-list entry outside its pool",
+                            b as usize,
+                            pool as usize,
+                            off,
+                        );
+                    }
+                    nfree += 1;
+                    if nfree > cap {
+                        return fail(
+                            "free list has a cycle (double free?)",
+                            pool as usize,
+                            cap,
+                            nfree,
+                        );
+                    }
+                    // SAFETY: `b` is a block of this pool (checked above) holding its link.
+                    b = unsafe { b.cast::<*mut u8>().read() };
+                }
+                // SAFETY: `pool` is an initialised header.
+                let virgin = unsafe { pool::virgin_blocks::<G>(pool) };
+                let total = h.count as usize + nfree + virgin;
+                if total != cap {
+                    return fail(
+                        "count + |free list| + virgin != capacity",
+                        pool as usize,
+                        cap,
+                        total,
+                    );
+                }
+            }
+        }
+        if live != self.narenas_currently_allocated {
+            return fail(
+                "live arena count",
+                0,
+                self.narenas_currently_allocated,
+                live,
+            );
+        }
+        // usable_arenas: sorted, back-linked, exactly the live arenas with free pools.
+        let mut prev = NONE;
+        let mut ai = self.usable_arenas;
+        let mut usable = 0;
+        while ai != NONE {
+            let a = self.arenas.get(ai);
+            usable += 1;
+            if a.address.is_null() || a.nfreepools == 0 || a.prevarena != prev {
+                return fail(
+                    "usable_arenas entry",
+                    a.address as usize,
+                    prev as usize,
+                    a.prevarena as usize,
+                );
+            }
+            let nf = a.nfreepools as usize;
+            if prev != NONE && (self.arenas.get(prev).nfreepools as usize) > nf {
+                return fail(
+                    "usable_arenas not sorted",
+                    a.address as usize,
+                    nf,
+                    self.arenas.get(prev).nfreepools as usize,
+                );
+            }
+            let is_last_nf =
+                a.nextarena == NONE || self.arenas.get(a.nextarena).nfreepools as usize != nf;
+            if is_last_nf != (self.nfp2lasta[nf] == ai) {
+                return fail(
+                    "nfp2lasta",
+                    a.address as usize,
+                    ai as usize,
+                    self.nfp2lasta[nf] as usize,
+                );
+            }
+            prev = ai;
+            ai = a.nextarena;
+            if usable > live {
+                return fail("usable_arenas has a cycle", 0, live, usable);
+            }
+        }
+        let with_free = (0..self.arenas.capacity())
+            .map(|i| self.arenas.get(i))
+            .filter(|a| !a.address.is_null() && a.nfreepools > 0)
+            .count();
+        for (nf, &ai) in self.nfp2lasta.iter().enumerate() {
+            if ai != NONE {
+                let a = self.arenas.get(ai);
+                if a.address.is_null() || a.nfreepools as usize != nf {
+                    return fail(
+                        "stale nfp2lasta entry",
+                        a.address as usize,
+                        nf,
+                        a.nfreepools as usize,
+                    );
+                }
+            }
+        }
+        if usable != with_free {
+            return fail(
+                "usable_arenas misses an arena with free pools",
+                0,
+                with_free,
+                usable,
+            );
+        }
+        Ok(())
+    }
+}

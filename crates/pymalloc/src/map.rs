@@ -1,0 +1,227 @@
+//! The arena map: an O(1), lock-free answer to "is this address inside one of our arenas?".
+//!
+//! Rust's `GlobalAlloc::dealloc` passes the `Layout`, so the Rust path knows a block's size
+//! class without asking. A C `free(p)` does not, and must decide whether `p` is ours without
+//! touching memory that may not be mapped. CPython answers with a radix tree over the address
+//! (`arena_map_is_used`); because our arenas are mapped `ARENA_SIZE`-aligned, each arena
+//! covers exactly one slot of a two-level table indexed by `addr >> ARENA_BITS`:
+//!
+//! ```text
+//!  47                ARENA_BITS+LEAF_BITS      ARENA_BITS            0
+//!  +------------------------+------------------------+---------------+
+//!  |      root index        |      leaf index        | offset in arena|
+//!  +------------------------+------------------------+---------------+
+//!  root: [AtomicPtr<leaf>; 2^ROOT_BITS]   leaf: [AtomicU32; 2^LEAF_BITS] = arena index + 1
+//! ```
+//!
+//! With 1 MiB arenas the root has 2^14 entries (128 KiB) and each leaf 2^14 (64 KiB, covering
+//! 16 GiB of address space). Both are mapped from layer −1 on first need and are zero-filled,
+//! which reads as "not ours". Addresses above 2^48 are never ours (an arena mapped there is
+//! refused).
+//!
+//! # Concurrency
+//! Writers (`insert`, `remove`) run with the heap's lock held; readers (`lookup`) take no lock.
+//! A leaf pointer is published with `Release` after its zero-filled mapping exists and read
+//! with `Acquire`, so a reader that sees the pointer sees a valid leaf. Entries are read with
+//! `Acquire` to pair with the `Release` store made when an arena is registered, before any of
+//! its blocks is handed out. Root and leaves are never unmapped while the map is in use, so a
+//! reader racing with `remove` reads a stale but valid entry; deciding about an address whose
+//! arena is being released concurrently is the caller's race, as with any use-after-free.
+
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+
+use crate::geometry::Geometry;
+
+/// Virtual-address bits covered. x86-64 and aarch64 user space is 47 or 48 bits unless a
+/// program opts into 5-level paging with high mmap hints, which nothing here does.
+const VA_BITS: u32 = 48;
+
+pub(crate) struct ArenaMap<G: Geometry> {
+    root: AtomicPtr<AtomicPtr<AtomicU32>>, // 2^ROOT_BITS leaf pointers, or null
+    leaves: AtomicUsize,                   // leaves mapped (for statistics)
+    _geometry: PhantomData<G>,
+}
+
+impl<G: Geometry> ArenaMap<G> {
+    const INDEX_BITS: u32 = VA_BITS - G::ARENA_BITS;
+    const ROOT_BITS: u32 = Self::INDEX_BITS / 2;
+    const LEAF_BITS: u32 = Self::INDEX_BITS - Self::ROOT_BITS;
+    const ROOT_LEN: usize = 1 << Self::ROOT_BITS;
+    const LEAF_LEN: usize = 1 << Self::LEAF_BITS;
+    pub(crate) const ROOT_BYTES: usize = Self::ROOT_LEN * size_of::<AtomicPtr<AtomicU32>>();
+    pub(crate) const LEAF_BYTES: usize = Self::LEAF_LEN * size_of::<AtomicU32>();
+
+    pub(crate) const fn new() -> Self {
+        Self {
+            root: AtomicPtr::new(ptr::null_mut()),
+            leaves: AtomicUsize::new(0),
+            _geometry: PhantomData,
+        }
+    }
+
+    #[inline(always)]
+    fn split(addr: usize) -> Option<(usize, usize)> {
+        if addr >> VA_BITS != 0 {
+            return None;
+        }
+        let index = addr >> G::ARENA_BITS;
+        Some((index >> Self::LEAF_BITS, index & (Self::LEAF_LEN - 1)))
+    }
+
+    /// The index of the arena containing `addr`, if it is one of ours. Lock-free, O(1).
+    #[inline]
+    pub(crate) fn lookup(&self, addr: usize) -> Option<u32> {
+        let (r, l) = Self::split(addr)?;
+        let root = self.root.load(Ordering::Acquire);
+        if root.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null root points to ROOT_LEN initialised slots, and `r < ROOT_LEN`.
+        let leaf = unsafe { (*root.add(r)).load(Ordering::Acquire) };
+        if leaf.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null leaf points to LEAF_LEN initialised entries, and `l < LEAF_LEN`.
+        let entry = unsafe { (*leaf.add(l)).load(Ordering::Acquire) };
+        entry.checked_sub(1)
+    }
+
+    /// Records that the arena at `base` (`ARENA_SIZE`-aligned) has index `index`. Returns
+    /// `false` if the address is out of range or a table could not be mapped.
+    ///
+    /// # Safety
+    /// The caller holds the heap lock (the only writer) and owns the arena at `base`.
+    pub(crate) unsafe fn insert(&self, base: usize, index: u32) -> bool {
+        let Some((r, l)) = Self::split(base) else {
+            return false;
+        };
+        let mut root = self.root.load(Ordering::Relaxed);
+        if root.is_null() {
+            let Some(fresh) = pymalloc_vmm::map(Self::ROOT_BYTES) else {
+                return false;
+            };
+            root = fresh.as_ptr().cast();
+            // Release: publishes the (zero-filled) root to lock-free readers.
+            self.root.store(root, Ordering::Release);
+        }
+        // SAFETY: `r < ROOT_LEN` and the root is mapped.
+        let slot = unsafe { &*root.add(r) };
+        let mut leaf = slot.load(Ordering::Relaxed);
+        if leaf.is_null() {
+            let Some(fresh) = pymalloc_vmm::map(Self::LEAF_BYTES) else {
+                return false;
+            };
+            leaf = fresh.as_ptr().cast();
+            // Release: publishes the zero-filled leaf before anyone can find it.
+            slot.store(leaf, Ordering::Release);
+            self.leaves.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: `l < LEAF_LEN` and the leaf is mapped.
+        // Release: the arena's registration happens before any block from it is handed out.
+        unsafe { (*leaf.add(l)).store(index + 1, Ordering::Release) };
+        true
+    }
+
+    /// Forgets the arena at `base`.
+    ///
+    /// # Safety
+    /// The caller holds the heap lock and `base` was inserted.
+    pub(crate) unsafe fn remove(&self, base: usize) {
+        let Some((r, l)) = Self::split(base) else {
+            return;
+        };
+        let root = self.root.load(Ordering::Relaxed);
+        if root.is_null() {
+            return;
+        }
+        // SAFETY: indices are in range and the tables are mapped (checked for null).
+        unsafe {
+            let leaf = (*root.add(r)).load(Ordering::Relaxed);
+            if !leaf.is_null() {
+                (*leaf.add(l)).store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// Leaves mapped so far.
+    pub(crate) fn leaves(&self) -> usize {
+        self.leaves.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of address space the map occupies.
+    pub(crate) fn bytes(&self) -> usize {
+        let root = if self.root.load(Ordering::Relaxed).is_null() {
+            0
+        } else {
+            Self::ROOT_BYTES
+        };
+        root + self.leaves() * Self::LEAF_BYTES
+    }
+
+    /// Unmaps every table. Only for the allocator's `Drop`.
+    ///
+    /// # Safety
+    /// No other thread can use the map any more.
+    pub(crate) unsafe fn release(&mut self) {
+        let root = *self.root.get_mut();
+        let Some(root_nn) = NonNull::new(root) else {
+            return;
+        };
+        for r in 0..Self::ROOT_LEN {
+            // SAFETY: the root is mapped with ROOT_LEN slots and we have exclusive access.
+            let leaf = unsafe { (*root.add(r)).load(Ordering::Relaxed) };
+            if let Some(leaf) = NonNull::new(leaf) {
+                // SAFETY: each leaf was mapped with LEAF_BYTES and is unreachable now.
+                unsafe { pymalloc_vmm::unmap(leaf.cast(), Self::LEAF_BYTES) };
+            }
+        }
+        // SAFETY: mapped with ROOT_BYTES; unreachable from now on.
+        unsafe { pymalloc_vmm::unmap(root_nn.cast(), Self::ROOT_BYTES) };
+        *self.root.get_mut() = ptr::null_mut();
+        *self.leaves.get_mut() = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::{Py37, Py310};
+
+    fn round_trip<G: Geometry>() {
+        let mut map = ArenaMap::<G>::new();
+        let a = 0x7f12_3450_0000usize & !(G::ARENA_SIZE - 1);
+        let b = 0x0000_5555_0000_0000usize;
+        assert_eq!(map.lookup(a), None);
+        // SAFETY: single-threaded test; the "arenas" are only addresses, never dereferenced.
+        unsafe {
+            assert!(map.insert(a, 7));
+            assert!(map.insert(b, 0));
+        }
+        assert_eq!(map.lookup(a), Some(7));
+        assert_eq!(map.lookup(a + G::ARENA_SIZE - 1), Some(7));
+        assert_eq!(map.lookup(a + G::ARENA_SIZE), None);
+        assert_eq!(map.lookup(a - 1), None);
+        assert_eq!(map.lookup(b + 12345), Some(0));
+        assert_eq!(map.lookup(usize::MAX), None);
+        assert_eq!(map.lookup(0), None);
+        assert_eq!(map.leaves(), 2);
+        // SAFETY: as above.
+        unsafe {
+            assert!(!map.insert(1 << 50, 1), "beyond 48-bit addresses");
+            map.remove(a);
+        }
+        assert_eq!(map.lookup(a), None);
+        assert_eq!(map.lookup(b), Some(0));
+        // SAFETY: nobody else uses the map.
+        unsafe { map.release() };
+        assert_eq!(map.lookup(b), None);
+    }
+
+    #[test]
+    fn insert_lookup_remove() {
+        round_trip::<Py310>();
+        round_trip::<Py37>();
+    }
+}

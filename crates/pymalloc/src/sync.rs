@@ -1,0 +1,199 @@
+//! The lock that guards a heap: a futex-based mutex that never allocates.
+//!
+//! `parking_lot` allocates its parking table on first contention, and an allocator must not
+//! allocate through itself, so the heap uses this small lock instead: one `AtomicU32`, an
+//! uncontended acquire and release of one atomic operation each, a short spin, then the
+//! `futex(2)` wait/wake protocol (three states: unlocked, locked, locked with waiters), the
+//! same design as std's Linux mutex.
+//!
+//! In debug builds the lock remembers which thread holds it (by the address of a thread-local
+//! byte, which costs no system call and no allocation) and reports re-entry, an allocator
+//! calling itself while it holds its own lock, with a message and an abort instead of a
+//! silent deadlock.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+const UNLOCKED: u32 = 0;
+const LOCKED: u32 = 1;
+const CONTENDED: u32 = 2;
+
+/// Spins before sleeping: long enough to cover a typical critical section of the heap (tens
+/// of nanoseconds), short enough not to burn a time slice on a 2-core machine.
+const SPIN_LIMIT: u32 = 100;
+
+pub(crate) struct Lock<T> {
+    state: AtomicU32, // UNLOCKED, LOCKED or CONTENDED
+    #[cfg(debug_assertions)]
+    owner: core::sync::atomic::AtomicUsize, // holder's thread marker, 0 when unlocked
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out `&mut T` to one thread at a time, so sharing the lock shares `T`
+// only as `Send` allows.
+unsafe impl<T: Send> Sync for Lock<T> {}
+// SAFETY: moving the lock moves the `T` it owns.
+unsafe impl<T: Send> Send for Lock<T> {}
+
+impl<T> Lock<T> {
+    pub(crate) const fn new(data: T) -> Self {
+        Self {
+            state: AtomicU32::new(UNLOCKED),
+            #[cfg(debug_assertions)]
+            owner: core::sync::atomic::AtomicUsize::new(0),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn lock(&self) -> Guard<'_, T> {
+        // Acquire: pairs with the Release in `unlock`, so the previous holder's writes to `T`
+        // are visible to us.
+        if self
+            .state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+        #[cfg(debug_assertions)]
+        self.owner.store(thread_marker(), Ordering::Relaxed);
+        Guard { lock: self }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        #[cfg(debug_assertions)]
+        if self.owner.load(Ordering::Relaxed) == thread_marker() {
+            pymalloc_vmm::diag::fatal(format_args!(
+                "pymalloc: re-entrant call: this thread already holds the heap lock at {:p} \
+                 (did the allocator allocate through itself?)",
+                self
+            ));
+        }
+        let mut spins = 0;
+        while spins < SPIN_LIMIT {
+            if self.state.load(Ordering::Relaxed) == UNLOCKED
+                && self
+                    .state
+                    .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+            core::hint::spin_loop();
+            spins += 1;
+        }
+        // Announce a waiter. Whoever swaps UNLOCKED out owns the lock; CONTENDED (rather than
+        // LOCKED) is conservative: the eventual unlock may make one needless wake call.
+        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
+            futex_wait(&self.state, CONTENDED);
+        }
+    }
+
+    #[inline(always)]
+    fn unlock(&self) {
+        #[cfg(debug_assertions)]
+        self.owner.store(0, Ordering::Relaxed);
+        // Release: publishes our writes to `T` to the next holder.
+        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+            futex_wake_one(&self.state);
+        }
+    }
+
+    /// Exclusive access without locking, through `&mut self`.
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+}
+
+pub(crate) struct Guard<'a, T> {
+    lock: &'a Lock<T>,
+}
+
+impl<T> Deref for Guard<'_, T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves we hold the lock.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for Guard<'_, T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves we hold the lock, so no other reference to `T` exists.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.lock.unlock();
+    }
+}
+
+/// A per-thread marker: the address of a thread-local byte. `const`-initialised and without a
+/// destructor, so it needs no registration and no allocation.
+#[cfg(debug_assertions)]
+fn thread_marker() -> usize {
+    std::thread_local! {
+        static MARKER: u8 = const { 0 };
+    }
+    MARKER.with(|m| m as *const u8 as usize)
+}
+
+fn futex_wait(state: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT reads the u32 at a valid address; it returns on wake, on a value
+    // mismatch (EAGAIN) or on a signal (EINTR), all of which the caller's loop handles.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+fn futex_wake_one(state: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn counts_under_contention() {
+        let lock = Arc::new(Lock::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        *lock.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*lock.lock(), 80_000);
+    }
+}
