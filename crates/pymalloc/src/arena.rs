@@ -147,18 +147,18 @@ impl ArenaTable {
         }
         let bytes = (new_cap as usize).checked_mul(size_of::<ArenaObject>())?;
         let new: *mut ArenaObject = pymalloc_vmm::map(bytes)?.as_ptr().cast();
-        // SAFETY: `new` has room for `new_cap` entries; the old table has `cap` initialised
-        // ones and is unmapped only after the copy.
+        let old_cap = self.cap;
+        // SAFETY: `new` has room for `new_cap` entries; the old table has `old_cap`
+        // initialised ones and is unmapped only after the copy.
         unsafe {
             if !self.ptr.is_null() {
-                ptr::copy_nonoverlapping(self.ptr, new, self.cap as usize);
+                ptr::copy_nonoverlapping(self.ptr, new, old_cap as usize);
                 self.release();
             }
-            for i in self.cap..new_cap {
+            for i in old_cap..new_cap {
                 new.add(i as usize).write(ArenaObject::EMPTY);
             }
         }
-        let old_cap = self.cap;
         self.ptr = new;
         self.cap = new_cap;
         Some(old_cap..new_cap)

@@ -150,3 +150,30 @@ fn dropping_the_allocator_unmaps_its_arenas() {
     // the arena table, the map root and its leaf were unmapped.
     assert!(after.unmap_calls >= before.unmap_calls + 5);
 }
+
+#[test]
+fn the_arena_table_grows_past_its_first_sixteen_entries() {
+    // CPython's INITIAL_ARENA_OBJECTS is 16; 40 arenas make the table double twice.
+    let a = fresh::<Py310>();
+    let mut arenas = fill_arenas(&a, 40);
+    a.check_invariants().unwrap();
+    let s = a.stats();
+    assert_eq!((s.arenas_current, s.classes()[31].blocks_in_use), (40, 40 * 64 * 31));
+    // Empty every other arena, then refill: released slots are recycled for new arenas.
+    let per_arena = Py310::MAX_POOLS_IN_ARENA;
+    for v in arenas.iter_mut().step_by(2) {
+        free_pools(&a, v, per_arena);
+    }
+    a.check_invariants().unwrap();
+    assert!(a.stats().arenas_current <= 21);
+    let again = fill_arenas(&a, 19);
+    a.check_invariants().unwrap();
+    assert!(a.stats().arenas_allocated_total > 40);
+    for mut v in arenas.into_iter().chain(again) {
+        let n = v.len() / Py310::blocks_per_pool(31);
+        free_pools(&a, &mut v, n);
+    }
+    a.trim();
+    assert_eq!(a.stats().arenas_current, 0);
+    a.check_invariants().unwrap();
+}
