@@ -32,7 +32,11 @@ fn tree(depth: u32, value: i64) -> Box<Node> {
     } else {
         (0..3).map(|k| tree(depth - 1, value * 3 + k)).collect()
     };
-    Box::new(Node { refcount: 1, value, children })
+    Box::new(Node {
+        refcount: 1,
+        value,
+        children,
+    })
 }
 
 /// Everything one thread keeps alive.
@@ -50,7 +54,11 @@ impl World {
     /// nodes (the hash table and B-tree nodes themselves are not counted).
     fn objects(&self) -> usize {
         self.names.len()
-            + self.index.values().map(|v| 1 + usize::from(!v.is_empty())).sum::<usize>()
+            + self
+                .index
+                .values()
+                .map(|v| 1 + usize::from(!v.is_empty()))
+                .sum::<usize>()
             + self.ordered.len()
             + self.trees.iter().map(|t| nodes(t)).sum::<usize>()
             + self.received.iter().map(|v| v.len() + 1).sum::<usize>()
@@ -68,7 +76,8 @@ fn build(t: usize, to_next: &mpsc::Sender<Vec<String>>) -> World {
         let name = format!("thread{t}/record{i:06}");
         let tags: Vec<u32> = (0..(i % 9) as u32).collect();
         w.index.insert(name.clone(), tags);
-        w.ordered.insert((i as u64) << 8 | t as u64, format!("value-{}", i * 7));
+        w.ordered
+            .insert((i as u64) << 8 | t as u64, format!("value-{}", i * 7));
         w.names.push(name);
         if i % 1000 == 0 {
             w.trees.push(tree(5, i as i64));
@@ -77,7 +86,9 @@ fn build(t: usize, to_next: &mpsc::Sender<Vec<String>>) -> World {
             to_next.send(batch).expect("neighbour alive");
         }
         // Churn: short-lived temporaries of assorted sizes.
-        let tmp: Vec<Box<[u8]>> = (0..4).map(|k| vec![k as u8; (i + k) % 200 + 1].into()).collect();
+        let tmp: Vec<Box<[u8]>> = (0..4)
+            .map(|k| vec![k as u8; (i + k) % 200 + 1].into())
+            .collect();
         std::hint::black_box(tmp);
     }
     w

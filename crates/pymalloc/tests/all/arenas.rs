@@ -158,7 +158,10 @@ fn the_arena_table_grows_past_its_first_sixteen_entries() {
     let mut arenas = fill_arenas(&a, 40);
     a.check_invariants().unwrap();
     let s = a.stats();
-    assert_eq!((s.arenas_current, s.classes()[31].blocks_in_use), (40, 40 * 64 * 31));
+    assert_eq!(
+        (s.arenas_current, s.classes()[31].blocks_in_use),
+        (40, 40 * 64 * 31)
+    );
     // Empty every other arena, then refill: released slots are recycled for new arenas.
     let per_arena = Py310::MAX_POOLS_IN_ARENA;
     for v in arenas.iter_mut().step_by(2) {
