@@ -185,13 +185,16 @@ mod tests {
 
     #[test]
     fn an_impossible_request_returns_null() {
+        // black_box keeps the optimiser from eliding the allocation (LLVM may assume an
+        // unused malloc succeeds).
         let layout = Layout::from_size_align(isize::MAX as usize - 4096, 8).unwrap();
         // SAFETY: a valid layout; the result is checked before any use.
-        let p = unsafe { RawMalloc.alloc(layout) };
+        let p = core::hint::black_box(unsafe { RawMalloc.alloc(core::hint::black_box(layout)) });
         assert!(p.is_null());
         let layout = Layout::from_size_align(isize::MAX as usize - 8192, 4096).unwrap();
         // SAFETY: as above.
-        let p = unsafe { RawMalloc.alloc_zeroed(layout) };
+        let p =
+            core::hint::black_box(unsafe { RawMalloc.alloc_zeroed(core::hint::black_box(layout)) });
         assert!(p.is_null());
     }
 }
