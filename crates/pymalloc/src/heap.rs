@@ -23,6 +23,13 @@
 //!         free of one block
 //! ```
 //!
+//! # Keeping one empty pool per class
+//! CPython moves a pool back to its arena the moment it empties, so a program that allocates
+//! and frees one block of a class at a time pays for that move, and for taking a pool again, on
+//! every pair. Here a pool that empties while it is its class's only pool stays in the class
+//! list; it goes back to its arena as soon as another pool of the class re-enters the list, or
+//! on [`Heap::trim`]. At most one pool per class (32 × 16 KiB) is held this way.
+//!
 //! # Releasing arenas
 //! When the last pool of an arena becomes empty the arena goes back to the OS, except when it
 //! is the last arena of `usable_arenas` (CPython bpo-37257): keeping one wholly free arena stops
@@ -30,7 +37,8 @@
 //! arena each time. [`Heap::trim`] releases such a kept arena on request.
 //!
 //! # Invariants (checked by [`Heap::check_invariants`])
-//! - Every pool in `usedpools[i]` has `szidx == i` and `0 < count < capacity`.
+//! - Every pool in `usedpools[i]` has `szidx == i` and `count < capacity`; `count == 0` only
+//!   for the list's sole pool (the kept empty pool).
 //! - Every pool obeys `count + |free list| + virgin == capacity` (see [`crate::pool`]).
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
@@ -111,17 +119,55 @@ impl<G: Geometry> Heap<G> {
             // its class list (CPython: insert_to_usedpool). Pools hold >= 2 blocks, so it
             // cannot have become empty.
             // SAFETY: the pool is initialised and in no list.
-            unsafe {
-                let class = (*pool).szidx as usize;
-                self.push_used(pool, class);
-            }
+            unsafe { self.reenter_used(pool, map) };
             return;
         }
         // SAFETY: the pool is initialised.
         if unlikely(unsafe { (*pool).count } == 0) {
             // SAFETY: an empty pool that was not full is in its class's used list.
-            unsafe { self.insert_to_freepool(pool, map) };
+            unsafe { self.pool_emptied(pool, map) };
         }
+    }
+
+    /// A full pool got a block back: link it at the front of its class list (CPython:
+    /// `insert_to_usedpool`). If the list's head is the class's kept empty pool, that one
+    /// goes back to its arena first: an empty pool is kept only while it is its class's sole
+    /// pool.
+    ///
+    /// # Safety
+    /// `pool` is an initialised, non-empty pool in no list.
+    #[cold]
+    #[inline(never)]
+    unsafe fn reenter_used(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+        // SAFETY: the pool header is initialised.
+        let class = unsafe { (*pool).szidx as usize };
+        let head = self.usedpools[class];
+        // SAFETY: `head`, if any, is an initialised pool in the list.
+        if !head.is_null() && unsafe { (*head).count } == 0 {
+            // SAFETY: an empty pool in its class list.
+            unsafe { self.insert_to_freepool(head, map) };
+        }
+        // SAFETY: `pool` is in no list.
+        unsafe { self.push_used(pool, class) };
+    }
+
+    /// A pool in its class list has just become empty. If it is the class's only pool it
+    /// stays there, empty: a program that allocates and frees one block of a class at a time
+    /// would otherwise move the pool to its arena and back on every pair (a departure from
+    /// CPython, which does exactly that). Otherwise it goes back to its arena.
+    ///
+    /// # Safety
+    /// `pool` is an empty pool in its class's used list.
+    #[cold]
+    #[inline(never)]
+    unsafe fn pool_emptied(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+        // SAFETY: the pool header is initialised.
+        let (class, next) = unsafe { ((*pool).szidx as usize, (*pool).nextpool) };
+        if self.usedpools[class] == pool && next.is_null() {
+            return;
+        }
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.insert_to_freepool(pool, map) };
     }
 
     /// Links `pool` at the front of `usedpools[class]`.
@@ -368,9 +414,19 @@ impl<G: Geometry> Heap<G> {
         self.arenas.get_mut(lastnf).nextarena = ai;
     }
 
-    /// Releases every wholly free arena (normally at most one: the arena kept by the
-    /// bpo-37257 rule). Returns how many were released.
+    /// Returns the kept empty pools to their arenas, then releases every wholly free arena
+    /// (the one kept by the bpo-37257 rule, and any freed by the first step). Returns how many
+    /// arenas were released.
     pub(crate) fn trim(&mut self, map: &ArenaMap<G>) -> usize {
+        for class in 0..G::NB_SMALL_SIZE_CLASSES {
+            let head = self.usedpools[class];
+            // SAFETY: `head`, if any, is an initialised pool in the list; an empty one is the
+            // class's kept pool.
+            if !head.is_null() && unsafe { (*head).count } == 0 {
+                // SAFETY: as above.
+                unsafe { self.insert_to_freepool(head, map) };
+            }
+        }
         let mut released = 0;
         let mut ai = self.usable_arenas;
         while ai != NONE {
@@ -442,7 +498,10 @@ impl<G: Geometry> Heap<G> {
             for pool in Self::carved_pools(a) {
                 // SAFETY: carved pools have initialised headers.
                 let (count, szidx) = unsafe { ((*pool).count as usize, (*pool).szidx as usize) };
-                if count == 0 {
+                // Empty pools are on their arena's free list (counted above), except a class's
+                // kept empty pool, which is still that class's pool.
+                let kept = szidx < G::NB_SMALL_SIZE_CLASSES && self.usedpools[szidx] == pool;
+                if count == 0 && !kept {
                     continue;
                 }
                 let c: &mut ClassStats = &mut s.classes[szidx];
@@ -574,13 +633,11 @@ impl<G: Geometry> Heap<G> {
                     return fail("pool in the wrong class list", at, class, h.szidx as usize);
                 }
                 let cap = G::blocks_per_pool(class);
-                if h.count == 0 || h.count as usize >= cap {
-                    return fail(
-                        "used pool neither empty nor full",
-                        at,
-                        cap,
-                        h.count as usize,
-                    );
+                if h.count as usize >= cap {
+                    return fail("full pool in a class list", at, cap, h.count as usize);
+                }
+                if h.count == 0 && !(prev.is_null() && h.nextpool.is_null()) {
+                    return fail("empty pool in a class list with other pools", at, 1, 0);
                 }
                 prev = pool;
                 pool = h.nextpool;

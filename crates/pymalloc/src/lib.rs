@@ -150,10 +150,11 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         self.map.lookup(ptr as usize).is_some()
     }
 
-    /// Returns wholly free arenas to the OS. The allocator keeps one free arena around after
-    /// its blocks are freed (so that a program allocating and freeing a few blocks in a loop
-    /// does not map and unmap an arena each time); this releases it. Returns how many arenas
-    /// were released.
+    /// Gives back what the allocator keeps in reserve: each size class's last empty pool
+    /// (kept so that allocating and freeing one block at a time does not move a pool to its
+    /// arena and back on every pair) and the one wholly free arena kept against mapping and
+    /// unmapping an arena in a loop. Wholly free arenas go back to the OS. Returns how many
+    /// arenas were released.
     pub fn trim(&self) -> usize {
         self.heap.lock().trim(&self.map)
     }
