@@ -17,8 +17,11 @@ fn worker(iterations: usize, t: usize) -> u64 {
     for i in 0..iterations {
         let mut obj = Box::new([0u64; OBJ_WORDS]);
         for _ in 0..WRITES {
-            // black_box keeps every write.
-            obj[0] = std::hint::black_box(obj[0] + (t + i) as u64);
+            // Volatile: every write reaches the object's cache line (an ordinary store could
+            // be kept in a register until the loop ends, and no line would be shared).
+            let word: *mut u64 = &mut obj[0];
+            // SAFETY: `word` points into the live box we own.
+            unsafe { word.write_volatile(word.read_volatile() + (t + i) as u64) };
         }
         sum = sum.wrapping_add(obj[0]);
     }
