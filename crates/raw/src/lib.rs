@@ -18,8 +18,13 @@
 //!   frees, since C `realloc` does not preserve over-alignment.
 //! - Zero-size requests (a caller error under `GlobalAlloc`) are served as one byte, never UB.
 //! - Failure is a null pointer; nothing here panics or allocates through Rust's allocator.
+//!
+//! The [`debug`] module holds CPython's debug hooks (`PYTHONMALLOC=debug`) as a wrapper,
+//! [`debug::Debug`], usable over any layer.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+
+pub mod debug;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
