@@ -51,12 +51,14 @@
 //!   alignment and the "is this address ours" map needs one entry per arena.
 //! - Requests aligned beyond `ALIGNMENT` fall through to layer +1 (CPython has no alignment
 //!   parameter).
-//! - A request that needs a new arena when none can be mapped returns null instead of falling
-//!   back to `malloc`: `dealloc` routes by layout, so a small block must come from pools.
+//! - A request that needs a new arena when none can be mapped falls back to the backend, as
+//!   CPython falls back to `malloc`; from then on `dealloc` of a small layout asks the arena
+//!   map whether the block is ours (until then, one flag test per free).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod arena;
+pub mod fork;
 pub mod geometry;
 mod heap;
 mod map;
@@ -67,7 +69,7 @@ mod util;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 pub use geometry::{Geometry, Py37, Py310};
 pub use pymalloc_raw::RawMalloc;
@@ -91,6 +93,7 @@ pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
     backend: B,                // layer +1
     large_blocks: AtomicUsize, // live blocks passed to the backend
     large_bytes: AtomicUsize,  // bytes requested by them
+    fallback: AtomicBool,      // set for good once a small block came from the backend
 }
 
 impl PyMalloc {
@@ -125,6 +128,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             backend,
             large_blocks: AtomicUsize::new(0),
             large_bytes: AtomicUsize::new(0),
+            fallback: AtomicBool::new(false),
         }
     }
 
@@ -159,6 +163,24 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         self.heap.lock().trim(&self.map)
     }
 
+    /// Makes this allocator safe across `fork()` from a multi-threaded process: its heap lock
+    /// is taken before every fork, released after it in the parent and reset in the child, so
+    /// the child can allocate and free at once (see [`fork`]). Call it once, early, on the
+    /// `static` used as `#[global_allocator]`. Returns `false` if it could not be registered
+    /// (more than [`fork::MAX_REGISTERED`] allocators, or `pthread_atfork` failed).
+    ///
+    /// ```
+    /// use pymalloc::PyMalloc;
+    ///
+    /// #[global_allocator]
+    /// static GLOBAL: PyMalloc = PyMalloc::new();
+    ///
+    /// assert!(GLOBAL.enable_fork_safety());
+    /// ```
+    pub fn enable_fork_safety(&'static self) -> bool {
+        fork::register(self.heap.raw())
+    }
+
     /// Walks the whole heap and checks every invariant of pools, arenas and lists (listed in
     /// `docs/ARCHITECTURE.md`). O(heap size): for tests and debugging, not for hot paths.
     ///
@@ -166,6 +188,40 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// The first broken invariant found, with the address concerned.
     pub fn check_invariants(&self) -> Result<(), Corruption> {
         self.heap.lock().check_invariants(&self.map)
+    }
+
+    /// A block of class `class` for `layout`: from the pools, or, if no arena can be mapped,
+    /// from the backend (a smaller request that may still succeed there, e.g. from free space
+    /// malloc already holds). From then on `dealloc` and `realloc` of small layouts ask the
+    /// arena map whether a block is ours, so such blocks go back to the backend.
+    #[inline(always)]
+    fn alloc_small(&self, class: usize, layout: Layout, zeroed: bool) -> *mut u8 {
+        let p = self.heap.lock().alloc(class, &self.map);
+        if util::unlikely(p.is_null()) {
+            return self.alloc_small_fallback(layout, zeroed);
+        }
+        if zeroed {
+            // A reused block holds old data and its free-list link: clear what the caller
+            // asked for, outside the lock.
+            // SAFETY: the block has at least `layout.size()` bytes.
+            unsafe { p.write_bytes(0, layout.size()) };
+        }
+        p
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_fallback(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // Relaxed: whoever frees the block learns of it through some synchronisation with
+        // this thread, which also carries this earlier store.
+        self.fallback.store(true, Relaxed);
+        self.alloc_large(layout, zeroed)
+    }
+
+    /// Whether a block with a small layout is one of the backend's fallback blocks.
+    #[inline(always)]
+    fn is_fallback_block(&self, ptr: *mut u8) -> bool {
+        util::unlikely(self.fallback.load(Relaxed)) && !self.owns(ptr)
     }
 
     #[inline(never)]
@@ -238,7 +294,7 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match G::class_for(layout.size(), layout.align()) {
-            Some(class) => self.heap.lock().alloc(class, &self.map),
+            Some(class) => self.alloc_small(class, layout, false),
             None => self.alloc_large(layout, false),
         }
     }
@@ -246,16 +302,7 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match G::class_for(layout.size(), layout.align()) {
-            Some(class) => {
-                let p = self.heap.lock().alloc(class, &self.map);
-                if !p.is_null() {
-                    // A reused block holds old data and its free-list link: clear what the
-                    // caller asked for, outside the lock.
-                    // SAFETY: the block has at least `layout.size()` bytes.
-                    unsafe { p.write_bytes(0, layout.size()) };
-                }
-                p
-            }
+            Some(class) => self.alloc_small(class, layout, true),
             None => self.alloc_large(layout, true),
         }
     }
@@ -263,13 +310,14 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match G::class_for(layout.size(), layout.align()) {
-            Some(class) => {
-                let mut heap = self.heap.lock();
-                self.debug_check_block(&heap, ptr, class, layout);
-                // SAFETY: per the GlobalAlloc contract `ptr` is a live block from `alloc`
-                // with this layout, hence of this class and this heap.
-                unsafe { heap.free(ptr, &self.map) };
+            Some(_) if self.is_fallback_block(ptr) => {
+                // SAFETY: a small layout's block that is not in our arenas came from the
+                // backend via `alloc_small_fallback`, with this layout.
+                unsafe { self.dealloc_large(ptr, layout) }
             }
+            // SAFETY: per the GlobalAlloc contract `ptr` is a live block from `alloc` with
+            // this layout, hence (not being a fallback block) of this class and this heap.
+            Some(class) => unsafe { self.dealloc_small(ptr, class, layout) },
             // SAFETY: by the routing rule, the block came from `alloc_large` with `layout`.
             None => unsafe { self.dealloc_large(ptr, layout) },
         }
@@ -280,16 +328,22 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
         // SAFETY: the realloc contract makes (new_size, align) a valid layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
         let copy = layout.size().min(new_size);
-        match (
+        let (old_class, new_class) = (
             G::class_for(layout.size(), align),
             G::class_for(new_size, align),
-        ) {
+        );
+        if old_class.is_some() && self.is_fallback_block(ptr) {
+            // A fallback block stays in the backend whatever its new size: `dealloc` finds it
+            // there through the arena map (the fallback flag stays set).
+            return self.realloc_large(ptr, layout, new_size);
+        }
+        match (old_class, new_class) {
             (Some(old), Some(new)) => {
                 if cfg!(debug_assertions) {
                     self.debug_check_block(&self.heap.lock(), ptr, old, layout);
                 }
                 // The block's real class may exceed the layout's after an in-place shrink.
-                // SAFETY: `ptr` is a live block of ours (the GlobalAlloc contract).
+                // SAFETY: `ptr` is a live block of one of our pools (checked above).
                 let real = unsafe { pool::class_of_block::<G>(ptr) };
                 let real_size = G::class_size(real);
                 // In place while the request still fits and either keeps the class or wastes
@@ -297,25 +351,15 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
                 if new_size <= real_size && (new == real || 4 * new_size > 3 * real_size) {
                     return ptr;
                 }
-                let mut heap = self.heap.lock();
-                let q = heap.alloc(new, &self.map);
+                let q = self.alloc_small(new, new_layout, false);
                 if q.is_null() {
                     return ptr::null_mut();
                 }
                 // SAFETY: both are live, distinct blocks of at least `copy` bytes; `ptr` is a
-                // block of this heap that the caller gives up on success.
+                // pool block with `layout`, given up on success.
                 unsafe {
                     ptr::copy_nonoverlapping(ptr, q, copy);
-                    heap.free(ptr, &self.map);
-                }
-                q
-            }
-            (None, None) => {
-                // SAFETY: the block is the backend's, with this layout.
-                let q = unsafe { self.backend.realloc(ptr, layout, new_size) };
-                if !q.is_null() {
-                    self.large_bytes.fetch_add(new_size, Relaxed);
-                    self.large_bytes.fetch_sub(layout.size(), Relaxed);
+                    self.dealloc_small(ptr, old, layout);
                 }
                 q
             }
@@ -325,19 +369,17 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
                 if q.is_null() {
                     return ptr::null_mut();
                 }
-                let mut heap = self.heap.lock();
-                self.debug_check_block(&heap, ptr, old, layout);
                 // SAFETY: distinct live blocks of at least `copy` bytes; `ptr` is ours.
                 unsafe {
                     ptr::copy_nonoverlapping(ptr, q, copy);
-                    heap.free(ptr, &self.map);
+                    self.dealloc_small(ptr, old, layout);
                 }
                 q
             }
             (None, Some(new)) => {
-                // Shrinking under the threshold: into a pool, so that `dealloc` with the new
-                // layout finds it where the routing rule says.
-                let q = self.heap.lock().alloc(new, &self.map);
+                // Shrinking under the threshold: into a pool (or a fallback block), so that
+                // `dealloc` with the new layout finds it where the routing rule says.
+                let q = self.alloc_small(new, new_layout, false);
                 if q.is_null() {
                     return ptr::null_mut();
                 }
@@ -349,7 +391,33 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
                 }
                 q
             }
+            (None, None) => self.realloc_large(ptr, layout, new_size),
         }
+    }
+}
+
+impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
+    /// Frees pool block `ptr` of class `class`.
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this heap's pools, allocated with `layout`.
+    #[inline(always)]
+    unsafe fn dealloc_small(&self, ptr: *mut u8, class: usize, layout: Layout) {
+        let mut heap = self.heap.lock();
+        self.debug_check_block(&heap, ptr, class, layout);
+        // SAFETY: forwarded from the caller.
+        unsafe { heap.free(ptr, &self.map) };
+    }
+
+    /// `realloc` of a backend block.
+    fn realloc_large(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the block is the backend's, with this layout (the caller's routing).
+        let q = unsafe { self.backend.realloc(ptr, layout, new_size) };
+        if !q.is_null() {
+            self.large_bytes.fetch_add(new_size, Relaxed);
+            self.large_bytes.fetch_sub(layout.size(), Relaxed);
+        }
+        q
     }
 }
 

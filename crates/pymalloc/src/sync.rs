@@ -23,8 +23,76 @@ const CONTENDED: u32 = 2;
 /// of nanoseconds), short enough not to burn a time slice on a 2-core machine.
 const SPIN_LIMIT: u32 = 100;
 
-pub(crate) struct Lock<T> {
+/// The lock word and its protocol, without the data it guards: what `fork` handlers hold and
+/// reset (see `fork.rs`).
+pub(crate) struct RawLock {
     state: AtomicU32, // UNLOCKED, LOCKED or CONTENDED
+}
+
+impl RawLock {
+    pub(crate) const fn new() -> Self {
+        Self {
+            state: AtomicU32::new(UNLOCKED),
+        }
+    }
+
+    /// One attempt to take the lock.
+    #[inline(always)]
+    fn try_lock(&self) -> bool {
+        // Acquire: pairs with the Release in `unlock`, so the previous holder's writes to the
+        // guarded data are visible to us.
+        self.state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes the lock, waiting as long as needed.
+    #[inline(always)]
+    pub(crate) fn lock(&self) {
+        if !self.try_lock() {
+            self.lock_contended();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        let mut spins = 0;
+        while spins < SPIN_LIMIT {
+            if self.state.load(Ordering::Relaxed) == UNLOCKED && self.try_lock() {
+                return;
+            }
+            core::hint::spin_loop();
+            spins += 1;
+        }
+        // Announce a waiter. Whoever swaps UNLOCKED out owns the lock; CONTENDED (rather than
+        // LOCKED) is conservative: the eventual unlock may make one needless wake call.
+        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
+            futex_wait(&self.state, CONTENDED);
+        }
+    }
+
+    /// Releases the lock.
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        // Release: publishes our writes to the guarded data to the next holder.
+        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+            futex_wake_one(&self.state);
+        }
+    }
+
+    /// Marks the lock free without waking anyone.
+    ///
+    /// # Safety
+    /// Only in a child process right after `fork`, for a lock the forking thread held across
+    /// the fork: no other thread exists to own it or wait for it.
+    pub(crate) unsafe fn reset_after_fork(&self) {
+        self.state.store(UNLOCKED, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Lock<T> {
+    raw: RawLock,
     #[cfg(debug_assertions)]
     owner: core::sync::atomic::AtomicUsize, // holder's thread marker, 0 when unlocked
     data: UnsafeCell<T>,
@@ -39,7 +107,7 @@ unsafe impl<T: Send> Send for Lock<T> {}
 impl<T> Lock<T> {
     pub(crate) const fn new(data: T) -> Self {
         Self {
-            state: AtomicU32::new(UNLOCKED),
+            raw: RawLock::new(),
             #[cfg(debug_assertions)]
             owner: core::sync::atomic::AtomicUsize::new(0),
             data: UnsafeCell::new(data),
@@ -48,13 +116,7 @@ impl<T> Lock<T> {
 
     #[inline(always)]
     pub(crate) fn lock(&self) -> Guard<'_, T> {
-        // Acquire: pairs with the Release in `unlock`, so the previous holder's writes to `T`
-        // are visible to us.
-        if self
-            .state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.raw.try_lock() {
             self.lock_contended();
         }
         #[cfg(debug_assertions)]
@@ -73,34 +135,19 @@ impl<T> Lock<T> {
                 self
             ));
         }
-        let mut spins = 0;
-        while spins < SPIN_LIMIT {
-            if self.state.load(Ordering::Relaxed) == UNLOCKED
-                && self
-                    .state
-                    .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return;
-            }
-            core::hint::spin_loop();
-            spins += 1;
-        }
-        // Announce a waiter. Whoever swaps UNLOCKED out owns the lock; CONTENDED (rather than
-        // LOCKED) is conservative: the eventual unlock may make one needless wake call.
-        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
-            futex_wait(&self.state, CONTENDED);
-        }
+        self.raw.lock_contended();
     }
 
     #[inline(always)]
     fn unlock(&self) {
         #[cfg(debug_assertions)]
         self.owner.store(0, Ordering::Relaxed);
-        // Release: publishes our writes to `T` to the next holder.
-        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            futex_wake_one(&self.state);
-        }
+        self.raw.unlock();
+    }
+
+    /// The lock word, for the fork handlers.
+    pub(crate) fn raw(&self) -> &RawLock {
+        &self.raw
     }
 
     /// Exclusive access without locking, through `&mut self`.
