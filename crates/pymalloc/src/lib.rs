@@ -57,28 +57,51 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Under `--cfg loom` only the lock is compiled, for the models in `tests/loom.rs`: the rest
+// holds its state in `static`s and zero-filled mappings, which loom's atomics cannot be.
+#[cfg(not(loom))]
 mod arena;
+#[cfg(not(loom))]
 pub mod fork;
+#[cfg(not(loom))]
 pub mod geometry;
+#[cfg(not(loom))]
 mod heap;
+#[cfg(not(loom))]
 mod map;
+#[cfg(not(loom))]
 mod pool;
+#[cfg(not(loom))]
 pub mod stats;
+#[cfg(loom)]
+pub mod sync;
+#[cfg(not(loom))]
 mod sync;
+#[cfg(not(loom))]
 mod util;
 
+#[cfg(not(loom))]
 use core::alloc::{GlobalAlloc, Layout};
+#[cfg(not(loom))]
 use core::ptr;
+#[cfg(not(loom))]
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
+#[cfg(not(loom))]
 pub use geometry::{Geometry, Py37, Py310};
+#[cfg(not(loom))]
 pub use pymalloc_raw::RawMalloc;
+#[cfg(not(loom))]
 pub use stats::{ClassStats, Corruption, Stats};
 
+#[cfg(not(loom))]
 use heap::Heap;
+#[cfg(not(loom))]
 use map::ArenaMap;
+#[cfg(not(loom))]
 use sync::Lock;
 
+#[cfg(not(loom))]
 /// CPython's small-object allocator, usable as `#[global_allocator]`.
 ///
 /// `B` is the layer below, which serves requests the size classes do not (larger than
@@ -96,6 +119,7 @@ pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
     fallback: AtomicBool,      // set for good once a small block came from the backend
 }
 
+#[cfg(not(loom))]
 impl PyMalloc {
     /// A `PyMalloc` with CPython 3.10+'s geometry over the C library's malloc.
     ///
@@ -106,12 +130,14 @@ impl PyMalloc {
     }
 }
 
+#[cfg(not(loom))]
 impl Default for PyMalloc {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(not(loom))]
 impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// A `PyMalloc` over `backend` with geometry `G`.
     ///
@@ -265,6 +291,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     }
 }
 
+#[cfg(not(loom))]
 #[cold]
 #[inline(never)]
 fn bad_free(ptr: *mut u8, layout: Layout, c: &Corruption) -> ! {
@@ -290,6 +317,7 @@ fn bad_free(ptr: *mut u8, layout: Layout, c: &Corruption) -> ! {
 // handed out once until freed; everything else is the backend's, which upholds the same
 // contract. `dealloc`/`realloc` route by the same `class_for(layout)` rule as `alloc`, so each
 // block returns to the layer that made it. No path unwinds.
+#[cfg(not(loom))]
 unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -396,6 +424,7 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
     }
 }
 
+#[cfg(not(loom))]
 impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// Frees pool block `ptr` of class `class`.
     ///
@@ -421,6 +450,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     }
 }
 
+#[cfg(not(loom))]
 impl<B: GlobalAlloc, G: Geometry> Drop for PyMalloc<B, G> {
     fn drop(&mut self) {
         self.heap.get_mut().release_everything(&self.map);
@@ -429,6 +459,7 @@ impl<B: GlobalAlloc, G: Geometry> Drop for PyMalloc<B, G> {
     }
 }
 
+#[cfg(not(loom))]
 impl<B: GlobalAlloc + core::fmt::Debug, G: Geometry> core::fmt::Debug for PyMalloc<B, G> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PyMalloc")
@@ -438,6 +469,7 @@ impl<B: GlobalAlloc + core::fmt::Debug, G: Geometry> core::fmt::Debug for PyMall
     }
 }
 
+#[cfg(not(loom))]
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

@@ -11,9 +11,25 @@
 //! calling itself while it holds its own lock, with a message and an abort instead of a
 //! silent deadlock.
 
+//!
+//! # loom
+//! Under `--cfg loom` the lock word is a `loom` atomic and `futex(2)` is modelled with a loom
+//! mutex and condition variable (the kernel serialises a futex's check-and-sleep against its
+//! wake in the same way), so `tests/loom.rs` explores every interleaving of the protocol,
+//! including lost wake-ups, which would show as a deadlock.
+
+// `RawLock` is `pub` so that the loom models can reach it; in normal builds the module is
+// private and the item unreachable, which is fine.
+#![cfg_attr(not(loom), allow(unreachable_pub))]
+
+#[cfg(not(loom))]
 use core::cell::UnsafeCell;
+#[cfg(not(loom))]
 use core::ops::{Deref, DerefMut};
+#[cfg(not(loom))]
 use core::sync::atomic::{AtomicU32, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, Ordering};
 
 const UNLOCKED: u32 = 0;
 const LOCKED: u32 = 1;
@@ -21,18 +37,31 @@ const CONTENDED: u32 = 2;
 
 /// Spins before sleeping: long enough to cover a typical critical section of the heap (tens
 /// of nanoseconds), short enough not to burn a time slice on a 2-core machine.
-const SPIN_LIMIT: u32 = 100;
+const SPIN_LIMIT: u32 = if cfg!(loom) { 1 } else { 100 };
 
 /// The lock word and its protocol, without the data it guards: what `fork` handlers hold and
 /// reset (see `fork.rs`).
-pub(crate) struct RawLock {
+pub struct RawLock {
     state: AtomicU32, // UNLOCKED, LOCKED or CONTENDED
+    #[cfg(loom)]
+    futex: (loom::sync::Mutex<()>, loom::sync::Condvar), // the kernel's side of futex(2)
 }
 
 impl RawLock {
-    pub(crate) const fn new() -> Self {
+    /// An unlocked lock.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
         Self {
             state: AtomicU32::new(UNLOCKED),
+        }
+    }
+
+    /// An unlocked lock.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU32::new(UNLOCKED),
+            futex: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
         }
     }
 
@@ -48,7 +77,7 @@ impl RawLock {
 
     /// Takes the lock, waiting as long as needed.
     #[inline(always)]
-    pub(crate) fn lock(&self) {
+    pub fn lock(&self) {
         if !self.try_lock() {
             self.lock_contended();
         }
@@ -62,23 +91,70 @@ impl RawLock {
             if self.state.load(Ordering::Relaxed) == UNLOCKED && self.try_lock() {
                 return;
             }
+            #[cfg(loom)]
+            loom::thread::yield_now();
             core::hint::spin_loop();
             spins += 1;
         }
         // Announce a waiter. Whoever swaps UNLOCKED out owns the lock; CONTENDED (rather than
         // LOCKED) is conservative: the eventual unlock may make one needless wake call.
         while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
-            futex_wait(&self.state, CONTENDED);
+            self.futex_wait(CONTENDED);
         }
     }
 
     /// Releases the lock.
     #[inline(always)]
-    pub(crate) fn unlock(&self) {
+    pub fn unlock(&self) {
         // Release: publishes our writes to the guarded data to the next holder.
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            futex_wake_one(&self.state);
+            self.futex_wake_one();
         }
+    }
+
+    /// Sleeps while the lock word equals `expected` (returns at once if it does not).
+    #[cfg(not(loom))]
+    fn futex_wait(&self, expected: u32) {
+        // SAFETY: FUTEX_WAIT reads the u32 at a valid address; it returns on wake, on a value
+        // mismatch (EAGAIN) or on a signal (EINTR), all of which the caller's loop handles.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                core::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+
+    /// Wakes one sleeper, if any.
+    #[cfg(not(loom))]
+    fn futex_wake_one(&self) {
+        // SAFETY: FUTEX_WAKE only uses the address as a key.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            );
+        }
+    }
+
+    #[cfg(loom)]
+    fn futex_wait(&self, expected: u32) {
+        let guard = self.futex.0.lock().unwrap();
+        // Relaxed as the kernel's read is: ordering comes from the swap that follows.
+        if self.state.load(Ordering::Relaxed) == expected {
+            drop(self.futex.1.wait(guard).unwrap());
+        }
+    }
+
+    #[cfg(loom)]
+    fn futex_wake_one(&self) {
+        let _guard = self.futex.0.lock().unwrap();
+        self.futex.1.notify_one();
     }
 
     /// Marks the lock free without waking anyone.
@@ -86,11 +162,13 @@ impl RawLock {
     /// # Safety
     /// Only in a child process right after `fork`, for a lock the forking thread held across
     /// the fork: no other thread exists to own it or wait for it.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn reset_after_fork(&self) {
         self.state.store(UNLOCKED, Ordering::Relaxed);
     }
 }
 
+#[cfg(not(loom))]
 pub(crate) struct Lock<T> {
     raw: RawLock,
     #[cfg(debug_assertions)]
@@ -100,10 +178,13 @@ pub(crate) struct Lock<T> {
 
 // SAFETY: the lock hands out `&mut T` to one thread at a time, so sharing the lock shares `T`
 // only as `Send` allows.
+#[cfg(not(loom))]
 unsafe impl<T: Send> Sync for Lock<T> {}
 // SAFETY: moving the lock moves the `T` it owns.
+#[cfg(not(loom))]
 unsafe impl<T: Send> Send for Lock<T> {}
 
+#[cfg(not(loom))]
 impl<T> Lock<T> {
     pub(crate) const fn new(data: T) -> Self {
         Self {
@@ -156,10 +237,12 @@ impl<T> Lock<T> {
     }
 }
 
+#[cfg(not(loom))]
 pub(crate) struct Guard<'a, T> {
     lock: &'a Lock<T>,
 }
 
+#[cfg(not(loom))]
 impl<T> Deref for Guard<'_, T> {
     type Target = T;
     #[inline(always)]
@@ -169,6 +252,7 @@ impl<T> Deref for Guard<'_, T> {
     }
 }
 
+#[cfg(not(loom))]
 impl<T> DerefMut for Guard<'_, T> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut T {
@@ -177,6 +261,7 @@ impl<T> DerefMut for Guard<'_, T> {
     }
 }
 
+#[cfg(not(loom))]
 impl<T> Drop for Guard<'_, T> {
     #[inline(always)]
     fn drop(&mut self) {
@@ -186,7 +271,7 @@ impl<T> Drop for Guard<'_, T> {
 
 /// A per-thread marker: the address of a thread-local byte. `const`-initialised and without a
 /// destructor, so it needs no registration and no allocation.
-#[cfg(debug_assertions)]
+#[cfg(all(debug_assertions, not(loom)))]
 fn thread_marker() -> usize {
     std::thread_local! {
         static MARKER: u8 = const { 0 };
@@ -194,45 +279,20 @@ fn thread_marker() -> usize {
     MARKER.with(|m| m as *const u8 as usize)
 }
 
-fn futex_wait(state: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT reads the u32 at a valid address; it returns on wake, on a value
-    // mismatch (EAGAIN) or on a signal (EINTR), all of which the caller's loop handles.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            core::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-fn futex_wake_one(state: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only uses the address as a key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
 
     #[test]
     fn counts_under_contention() {
+        const ROUNDS: u64 = if cfg!(miri) { 200 } else { 20_000 };
         let lock = Arc::new(Lock::new(0u64));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let lock = lock.clone();
                 std::thread::spawn(move || {
-                    for _ in 0..20_000 {
+                    for _ in 0..ROUNDS {
                         *lock.lock() += 1;
                     }
                 })
@@ -241,6 +301,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(*lock.lock(), 80_000);
+        assert_eq!(*lock.lock(), 4 * ROUNDS);
     }
 }

@@ -125,8 +125,17 @@ mod tests {
 
     #[test]
     fn sizes_and_alignments() {
-        for align in [1, 16, 4096, 1 << 16, 1 << 21] {
-            for size in [1, 100, 4095, 4096, 4097, 100_000] {
+        // Miri emulates mappings with zeroed allocations: keep them small there.
+        let (aligns, sizes): (&[usize], &[usize]) = if cfg!(miri) {
+            (&[1, 4096, 1 << 16], &[1, 4097, 20_000])
+        } else {
+            (
+                &[1, 16, 4096, 1 << 16, 1 << 21],
+                &[1, 100, 4095, 4096, 4097, 100_000],
+            )
+        };
+        for &align in aligns {
+            for &size in sizes {
                 check(size, align);
             }
         }

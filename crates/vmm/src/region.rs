@@ -60,9 +60,12 @@ impl Region {
     /// Drops the physical pages (they read back as zero) but keeps the region mapped.
     pub fn decommit(&mut self) -> bool {
         let len = self.len();
+        // A pointer derived from `&mut`: decommitting changes the bytes (found by Miri: one
+        // derived from `as_ptr`, a shared borrow, may not be used to change them).
+        let ptr = NonNull::from(self.as_mut_slice()).cast::<u8>();
         // SAFETY: the whole region is ours, and `&mut self` proves no borrow of its bytes is
         // live, so discarding the contents is fine.
-        unsafe { crate::decommit(self.as_ptr(), len) }
+        unsafe { crate::decommit(ptr, len) }
     }
 }
 

@@ -34,6 +34,28 @@ pub(crate) fn map(len: usize) -> Option<NonNull<u8>> {
     }
 }
 
+/// Maps `len` bytes (whole pages) aligned to `align` (a power of two above the page size):
+/// over-maps by `align - page` bytes and unmaps the unaligned head and the tail.
+pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let page = query_page_size();
+    let total = len.checked_add(align - page)?;
+    let raw = map(total)?.as_ptr();
+    let start = raw.map_addr(|a| (a + (align - 1)) & !(align - 1));
+    let head = start as usize - raw as usize;
+    let tail = total - head - len;
+    // The trimmed pieces were never handed out: failing to unmap them only leaks address
+    // space, so the results are ignored deliberately.
+    if head != 0 {
+        // SAFETY: [raw, raw + head) is the unaligned head of the mapping made just above.
+        unsafe { unmap(raw, head) };
+    }
+    if tail != 0 {
+        // SAFETY: [start + len, raw + total) is the tail of that same mapping, also unused.
+        unsafe { unmap(start.add(len), tail) };
+    }
+    NonNull::new(start)
+}
+
 /// # Safety
 /// `[ptr, ptr + len)` is page aligned, mapped by us and dead.
 pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) -> bool {

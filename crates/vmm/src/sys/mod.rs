@@ -4,10 +4,16 @@
 //! `mremap` and `/proc/self/statm` are Linux interfaces. A port adds a sibling module with the
 //! same functions.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 mod linux;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 pub(crate) use linux::*;
 
-#[cfg(not(target_os = "linux"))]
+// Under Miri: an emulation of mappings over the system allocator (see `miri.rs`).
+#[cfg(miri)]
+mod miri;
+#[cfg(miri)]
+pub(crate) use miri::*;
+
+#[cfg(not(any(target_os = "linux", miri)))]
 compile_error!("pymalloc-vmm supports Linux only for now: add a `sys` module for this platform");

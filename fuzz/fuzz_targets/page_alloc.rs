@@ -1,0 +1,8 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let a = pymalloc_vmm::PageAlloc;
+    let live = pymalloc_fuzz::run(&a, data);
+    pymalloc_fuzz::free_all(&a, live);
+});
