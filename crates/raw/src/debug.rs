@@ -211,6 +211,24 @@ impl<A: GlobalAlloc> Debug<A> {
         }
     }
 
+    /// A new block for `layout` with its data filled with `fill`.
+    fn alloc_filled(&self, layout: Layout, fill: u8) -> *mut u8 {
+        let Some(inner) = Self::inner_layout(layout) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: a valid non-zero layout.
+        let base = unsafe { self.inner.alloc(inner) };
+        if base.is_null() {
+            return base;
+        }
+        // SAFETY: `base` is a fresh inner block of `inner`, which has room for the data.
+        unsafe {
+            let p = self.stamp(base, layout.size(), layout.align());
+            p.write_bytes(fill, layout.size());
+            p
+        }
+    }
+
     /// Checks the block at `p`, which the caller believes was allocated here with `layout`,
     /// without freeing it or aborting.
     ///
@@ -398,37 +416,11 @@ fn dump<const N: usize>(w: &mut StackWriter<N>, data: &[u8]) {
 // once, through the inner allocator, with that layout.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Debug<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(inner) = Self::inner_layout(layout) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: a valid non-zero layout.
-        let base = unsafe { self.inner.alloc(inner) };
-        if base.is_null() {
-            return base;
-        }
-        // SAFETY: `base` is a fresh inner block of `inner`.
-        unsafe {
-            let p = self.stamp(base, layout.size(), layout.align());
-            p.write_bytes(CLEANBYTE, layout.size());
-            p
-        }
+        self.alloc_filled(layout, CLEANBYTE)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some(inner) = Self::inner_layout(layout) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: a valid non-zero layout.
-        let base = unsafe { self.inner.alloc(inner) };
-        if base.is_null() {
-            return base;
-        }
-        // SAFETY: `base` is a fresh inner block of `inner`.
-        unsafe {
-            let p = self.stamp(base, layout.size(), layout.align());
-            p.write_bytes(0, layout.size());
-            p
-        }
+        self.alloc_filled(layout, 0)
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
