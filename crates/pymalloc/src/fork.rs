@@ -15,82 +15,271 @@
 //! holds two heap locks at once (a heap never calls into another allocator while locked), so
 //! this order cannot deadlock. The C library's own `fork` handling protects `malloc` (layer
 //! +1).
-
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+//!
+//! # Concurrency
+//! The registry is a fixed array filled in order and a count published with `Release` after
+//! its slot; registrations are serialised by a lock of their own, which the `prepare` handler
+//! also holds until `parent` or `child`, so a fork never sees half a registration and the
+//! three handlers see the same set of locks. The loom models at the end of this file check
+//! that a fork racing with registrations and with users of the locks takes every registered
+//! lock (so no user is inside its critical section) and gives every one back, and that the
+//! handlers are installed exactly once.
 
 use crate::sync::RawLock;
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 /// How many allocators can be registered for fork safety.
 pub const MAX_REGISTERED: usize = 16;
 
-static LOCKS: [AtomicPtr<RawLock>; MAX_REGISTERED] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_REGISTERED];
-static COUNT: AtomicUsize = AtomicUsize::new(0);
-static HANDLERS_INSTALLED: AtomicBool = AtomicBool::new(false);
-/// Serialises registrations (not the handlers: `fork` runs them on one thread).
-static REGISTERING: RawLock = RawLock::new();
+/// The locks the fork handlers take, in registration order.
+pub(crate) struct Registry {
+    locks: [AtomicPtr<RawLock>; MAX_REGISTERED], // the first `count` are set
+    count: AtomicUsize,
+    installed: AtomicBool, // the handlers are installed
+    registering: RawLock,  // serialises registrations; held from `prepare` to the end
+}
+
+#[cfg(not(loom))]
+static REGISTRY: Registry = Registry::new();
 
 /// Registers `lock` with the fork handlers, installing them on first use. Returns `false` if
 /// the table is full or `pthread_atfork` failed. Registering the same lock twice is a no-op.
+#[cfg(not(loom))]
 pub(crate) fn register(lock: &'static RawLock) -> bool {
-    REGISTERING.lock();
-    let ok = register_locked(lock);
-    REGISTERING.unlock();
-    ok
-}
-
-fn register_locked(lock: &'static RawLock) -> bool {
-    let n = COUNT.load(Ordering::Relaxed);
-    let ptr = lock as *const RawLock as *mut RawLock;
-    if LOCKS[..n].iter().any(|l| l.load(Ordering::Relaxed) == ptr) {
-        return true;
-    }
-    if n == MAX_REGISTERED {
-        return false;
-    }
-    if !HANDLERS_INSTALLED.load(Ordering::Relaxed) {
+    REGISTRY.register(lock, || {
         // SAFETY: the handlers are `extern "C"` functions valid for the whole process.
-        let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-        if rc != 0 {
-            return false;
-        }
-        HANDLERS_INSTALLED.store(true, Ordering::Relaxed);
-    }
-    LOCKS[n].store(ptr, Ordering::Relaxed);
-    // Release: a fork handler that sees the new count sees the slot filled.
-    COUNT.store(n + 1, Ordering::Release);
-    true
-}
-
-fn registered() -> impl Iterator<Item = &'static RawLock> {
-    // Acquire: pairs with the Release in `register_locked`.
-    let n = COUNT.load(Ordering::Acquire);
-    LOCKS[..n].iter().map(|l| {
-        // SAFETY: registered pointers come from `&'static RawLock`s.
-        unsafe { &*l.load(Ordering::Relaxed) }
+        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
     })
 }
 
+#[cfg(not(loom))]
 extern "C" fn prepare() {
-    // Hold off registrations too, so the set of locks is the same in all three handlers.
-    REGISTERING.lock();
-    for l in registered() {
-        l.lock();
-    }
+    REGISTRY.prepare();
 }
 
+#[cfg(not(loom))]
 extern "C" fn parent() {
-    for l in registered() {
-        l.unlock();
-    }
-    REGISTERING.unlock();
+    REGISTRY.parent();
 }
 
+#[cfg(not(loom))]
 extern "C" fn child() {
-    for l in registered() {
-        // SAFETY: we are the child's only thread and we took this lock in `prepare`.
-        unsafe { l.reset_after_fork() };
+    // SAFETY: `fork` runs this in the child, where the forking thread is the only thread and
+    // holds every registered lock since `prepare`.
+    unsafe { REGISTRY.child() };
+}
+
+impl Registry {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            locks: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_REGISTERED],
+            count: AtomicUsize::new(0),
+            installed: AtomicBool::new(false),
+            registering: RawLock::new(),
+        }
     }
-    // SAFETY: as above.
-    unsafe { REGISTERING.reset_after_fork() };
+
+    #[cfg(loom)]
+    fn new() -> Self {
+        Self {
+            locks: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
+            count: AtomicUsize::new(0),
+            installed: AtomicBool::new(false),
+            registering: RawLock::new(),
+        }
+    }
+
+    /// Adds `lock`, first calling `install` (which installs the handlers, and says whether it
+    /// could) if no registration has done so yet.
+    fn register(&self, lock: &'static RawLock, install: impl FnOnce() -> bool) -> bool {
+        self.registering.lock();
+        let ok = self.register_locked(lock, install);
+        self.registering.unlock();
+        ok
+    }
+
+    fn register_locked(&self, lock: &'static RawLock, install: impl FnOnce() -> bool) -> bool {
+        let n = self.count.load(Ordering::Relaxed);
+        let ptr = lock as *const RawLock as *mut RawLock;
+        if self.locks[..n]
+            .iter()
+            .any(|l| l.load(Ordering::Relaxed) == ptr)
+        {
+            return true;
+        }
+        if n == MAX_REGISTERED {
+            return false;
+        }
+        if !self.installed.load(Ordering::Relaxed) {
+            if !install() {
+                return false;
+            }
+            self.installed.store(true, Ordering::Relaxed);
+        }
+        self.locks[n].store(ptr, Ordering::Relaxed);
+        // Release, with the Acquire in `registered`: a reader that sees the new count sees the
+        // slot filled. Today every reader also holds `registering`, which orders them anyway
+        // (the models pass with this store `Relaxed`); the pair keeps `registered` right on
+        // its own.
+        self.count.store(n + 1, Ordering::Release);
+        true
+    }
+
+    fn registered(&self) -> impl Iterator<Item = &RawLock> {
+        // Acquire: pairs with the Release in `register_locked`.
+        let n = self.count.load(Ordering::Acquire);
+        self.locks[..n].iter().map(|l| {
+            // SAFETY: registered pointers come from `&'static RawLock`s.
+            unsafe { &*l.load(Ordering::Relaxed) }
+        })
+    }
+
+    /// Before `fork`: holds off registrations, so the set of locks is the same in all three
+    /// handlers, then takes every registered lock.
+    fn prepare(&self) {
+        self.registering.lock();
+        for l in self.registered() {
+            l.lock();
+        }
+    }
+
+    /// After `fork`, in the parent: gives back everything `prepare` took.
+    fn parent(&self) {
+        for l in self.registered() {
+            l.unlock();
+        }
+        self.registering.unlock();
+    }
+
+    /// After `fork`, in the child: marks every lock free.
+    ///
+    /// # Safety
+    /// The calling thread is the process's only thread and ran `prepare`.
+    unsafe fn child(&self) {
+        for l in self.registered() {
+            // SAFETY: no other thread exists, and we took this lock in `prepare`.
+            unsafe { l.reset_after_fork() };
+        }
+        // SAFETY: as above.
+        unsafe { self.registering.reset_after_fork() };
+    }
+}
+
+/// loom models of the registry racing with a fork.
+/// `RUSTFLAGS="--cfg loom" cargo test -p pymalloc --release --lib`
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A heap lock and a flag its holder raises while inside (what a heap operation is).
+    struct Heap {
+        lock: RawLock,
+        busy: AtomicBool,
+    }
+
+    impl Heap {
+        fn leak() -> &'static Self {
+            Box::leak(Box::new(Self {
+                lock: RawLock::new(),
+                busy: AtomicBool::new(false),
+            }))
+        }
+
+        fn operate(&self) {
+            self.lock.lock();
+            self.busy.store(true, Ordering::Relaxed);
+            self.busy.store(false, Ordering::Relaxed);
+            self.lock.unlock();
+        }
+    }
+
+    /// What `fork` does in the parent, checking in between that every registered heap is
+    /// idle and locked.
+    fn fork_in_parent(r: &Registry, heaps: &[&'static Heap]) -> usize {
+        r.prepare();
+        let n = r.registered().count();
+        for h in heaps {
+            if r.registered().any(|l| core::ptr::eq(l, &h.lock)) {
+                assert!(h.lock.is_locked(), "a registered lock was not taken");
+                assert!(
+                    !h.busy.load(Ordering::Relaxed),
+                    "fork during a heap operation"
+                );
+            }
+        }
+        r.parent();
+        n
+    }
+
+    /// A fork while one heap is in use and another is being registered: the fork sees one or
+    /// both heaps, never a heap mid-operation, and afterwards every lock is free (a lock left
+    /// taken would block `operate` below, which loom reports as a deadlock).
+    #[test]
+    fn a_fork_racing_registration_and_use_takes_and_gives_back_every_lock() {
+        loom::model(|| {
+            let r = Arc::new(Registry::new());
+            let (h1, h2) = (Heap::leak(), Heap::leak());
+            assert!(r.register(&h1.lock, || true));
+            let registrar = {
+                let r = r.clone();
+                thread::spawn(move || assert!(r.register(&h2.lock, || true)))
+            };
+            let user = thread::spawn(move || h1.operate());
+            let seen = fork_in_parent(&r, &[h1, h2]);
+            assert!(seen == 1 || seen == 2, "saw {seen} locks");
+            registrar.join().unwrap();
+            user.join().unwrap();
+            assert_eq!(r.registered().count(), 2);
+            h1.operate();
+            h2.operate();
+        });
+    }
+
+    /// Concurrent first registrations install the handlers once, and both land.
+    #[test]
+    fn concurrent_registrations_install_once() {
+        loom::model(|| {
+            let r = Arc::new(Registry::new());
+            let installs = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (r, installs) = (r.clone(), installs.clone());
+                    thread::spawn(move || {
+                        let heap = Heap::leak();
+                        assert!(r.register(&heap.lock, || {
+                            installs.fetch_add(1, Ordering::Relaxed);
+                            true
+                        }));
+                        // Registering again changes nothing.
+                        assert!(r.register(&heap.lock, || unreachable!()));
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(installs.load(Ordering::Relaxed), 1);
+            assert_eq!(r.registered().count(), 2);
+        });
+    }
+
+    /// In the child the forking thread resets what it took, and the registry and every lock
+    /// work again.
+    #[test]
+    fn the_child_finds_every_lock_free() {
+        loom::model(|| {
+            let r = Registry::new();
+            let h = Heap::leak();
+            assert!(r.register(&h.lock, || true));
+            r.prepare();
+            // SAFETY: this model's only thread ran `prepare`.
+            unsafe { r.child() };
+            assert!(!h.lock.is_locked());
+            h.operate();
+            assert!(r.register(&Heap::leak().lock, || true));
+        });
+    }
 }

@@ -134,7 +134,7 @@ impl Geometry for Py37 {
     const ARENA_BITS: u32 = 18;
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

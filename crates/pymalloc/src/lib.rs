@@ -56,20 +56,21 @@
 //!   map whether the block is ours (until then, one flag test per free).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// Under loom only the shared structures are modelled; the rest of their modules goes unused.
+#![cfg_attr(loom, allow(dead_code))]
 
-// Under `--cfg loom` only the lock is compiled, for the models in `tests/loom.rs`: the rest
-// holds its state in `static`s and zero-filled mappings, which loom's atomics cannot be.
+// Under `--cfg loom` the structures that threads share without the heap lock (the lock
+// itself, the arena map, the fork registry and the counters) are built on loom's atomics for
+// the models in `tests/loom.rs` and in their own files; the allocator proper, whose state lives
+// in `static`s, is left out.
 #[cfg(not(loom))]
 mod arena;
-#[cfg(not(loom))]
+mod counters;
 pub mod fork;
-#[cfg(not(loom))]
 pub mod geometry;
 #[cfg(not(loom))]
 mod heap;
-#[cfg(not(loom))]
 mod map;
-#[cfg(not(loom))]
 mod pool;
 #[cfg(not(loom))]
 pub mod stats;
@@ -77,7 +78,6 @@ pub mod stats;
 pub mod sync;
 #[cfg(not(loom))]
 mod sync;
-#[cfg(not(loom))]
 mod util;
 
 #[cfg(not(loom))]
@@ -85,7 +85,7 @@ use core::alloc::{GlobalAlloc, Layout};
 #[cfg(not(loom))]
 use core::ptr;
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 #[cfg(not(loom))]
 pub use geometry::{Geometry, Py37, Py310};
@@ -94,6 +94,8 @@ pub use pymalloc_raw::RawMalloc;
 #[cfg(not(loom))]
 pub use stats::{ClassStats, Corruption, Stats};
 
+#[cfg(not(loom))]
+use counters::LargeCounters;
 #[cfg(not(loom))]
 use heap::Heap;
 #[cfg(not(loom))]
@@ -111,12 +113,11 @@ use sync::Lock;
 ///
 /// Dropping a `PyMalloc` unmaps all its arenas: blocks still allocated from it dangle.
 pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
-    heap: Lock<Heap<G>>,       // the pools and arenas, one thread at a time
-    map: ArenaMap<G>,          // address -> arena, read without the lock
-    backend: B,                // layer +1
-    large_blocks: AtomicUsize, // live blocks passed to the backend
-    large_bytes: AtomicUsize,  // bytes requested by them
-    fallback: AtomicBool,      // set for good once a small block came from the backend
+    heap: Lock<Heap<G>>,  // the pools and arenas, one thread at a time
+    map: ArenaMap<G>,     // address -> arena, read without the lock
+    backend: B,           // layer +1
+    large: LargeCounters, // live blocks passed to the backend, and their bytes
+    fallback: AtomicBool, // set for good once a small block came from the backend
 }
 
 #[cfg(not(loom))]
@@ -152,8 +153,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             heap: Lock::new(Heap::new()),
             map: ArenaMap::new(),
             backend,
-            large_blocks: AtomicUsize::new(0),
-            large_bytes: AtomicUsize::new(0),
+            large: LargeCounters::new(),
             fallback: AtomicBool::new(false),
         }
     }
@@ -168,8 +168,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// allocates.
     pub fn stats(&self) -> Stats {
         let mut s = self.heap.lock().stats(&self.map);
-        s.large_blocks = self.large_blocks.load(Relaxed);
-        s.large_bytes = self.large_bytes.load(Relaxed);
+        (s.large_blocks, s.large_bytes) = self.large.read();
         s
     }
 
@@ -262,9 +261,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             }
         };
         if !p.is_null() {
-            // Relaxed: statistics only.
-            self.large_blocks.fetch_add(1, Relaxed);
-            self.large_bytes.fetch_add(layout.size(), Relaxed);
+            self.large.allocated(layout.size());
         }
         p
     }
@@ -275,8 +272,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.dealloc(ptr, layout) };
-        self.large_blocks.fetch_sub(1, Relaxed);
-        self.large_bytes.fetch_sub(layout.size(), Relaxed);
+        self.large.freed(layout.size());
     }
 
     /// In debug builds, verifies that `ptr` is a live-looking block of class `class` of this
@@ -443,8 +439,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // SAFETY: the block is the backend's, with this layout (the caller's routing).
         let q = unsafe { self.backend.realloc(ptr, layout, new_size) };
         if !q.is_null() {
-            self.large_bytes.fetch_add(new_size, Relaxed);
-            self.large_bytes.fetch_sub(layout.size(), Relaxed);
+            self.large.resized(layout.size(), new_size);
         }
         q
     }

@@ -177,7 +177,7 @@ pub(crate) unsafe fn virgin_blocks<G: Geometry>(pool: *const PoolHeader) -> usiz
     (max + size).saturating_sub(next) / size
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::geometry::{Py37, Py310};

@@ -22,14 +22,36 @@
 // private and the item unreachable, which is fine.
 #![cfg_attr(not(loom), allow(unreachable_pub))]
 
+use atomic::{AtomicU32, Ordering};
 #[cfg(not(loom))]
 use core::cell::UnsafeCell;
 #[cfg(not(loom))]
 use core::ops::{Deref, DerefMut};
-#[cfg(not(loom))]
-use core::sync::atomic::{AtomicU32, Ordering};
-#[cfg(loom)]
-use loom::sync::atomic::{AtomicU32, Ordering};
+
+/// The atomics of every structure threads share: `core`'s, or loom's under `--cfg loom`, so
+/// that the models see every access to them.
+pub(crate) mod atomic {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+}
+
+/// Declares a constructor that is `const` in normal builds (so that allocators can initialise
+/// `static`s) and an ordinary function under loom, whose atomics cannot be built at compile
+/// time.
+macro_rules! const_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $(#[$attr])*
+        #[cfg(not(loom))]
+        $vis const fn $name($($arg: $ty),*) -> $ret $body
+
+        $(#[$attr])*
+        #[cfg(loom)]
+        $vis fn $name($($arg: $ty),*) -> $ret $body
+    };
+}
+pub(crate) use const_unless_loom;
 
 const UNLOCKED: u32 = 0;
 const LOCKED: u32 = 1;
@@ -58,6 +80,7 @@ impl RawLock {
 
     /// An unlocked lock.
     #[cfg(loom)]
+    #[allow(clippy::new_without_default)] // a model builder, not an API
     pub fn new() -> Self {
         Self {
             state: AtomicU32::new(UNLOCKED),
@@ -162,9 +185,14 @@ impl RawLock {
     /// # Safety
     /// Only in a child process right after `fork`, for a lock the forking thread held across
     /// the fork: no other thread exists to own it or wait for it.
-    #[cfg(not(loom))]
     pub(crate) unsafe fn reset_after_fork(&self) {
         self.state.store(UNLOCKED, Ordering::Relaxed);
+    }
+
+    /// Whether some thread holds the lock (a snapshot, for the models).
+    #[cfg(all(test, loom))]
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != UNLOCKED
     }
 }
 

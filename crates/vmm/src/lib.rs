@@ -221,12 +221,16 @@ pub struct VmStats {
 }
 
 /// Reads the process-wide counters. Each field is read atomically; the set is not a single
-/// atomic snapshot when other threads are mapping concurrently.
+/// atomic snapshot when other threads are mapping concurrently, except that
+/// `peak_mapped_bytes >= mapped_bytes` always holds.
 pub fn stats() -> VmStats {
     let c = &COUNTERS;
+    let mapped = c.mapped.load(Relaxed);
     VmStats {
-        mapped_bytes: c.mapped.load(Relaxed),
-        peak_mapped_bytes: c.peak.load(Relaxed),
+        mapped_bytes: mapped,
+        // A mapping raises `mapped` before `peak`, so a reader between the two would see the
+        // level above its own high-water mark; the peak is at least the level it passed.
+        peak_mapped_bytes: c.peak.load(Relaxed).max(mapped),
         map_calls: c.map_calls.load(Relaxed),
         unmap_calls: c.unmap_calls.load(Relaxed),
         decommit_calls: c.decommit_calls.load(Relaxed),
@@ -308,6 +312,23 @@ mod tests {
         // SAFETY: mapped above, no longer used.
         assert!(unsafe { unmap(p, len) });
         assert!(stats().unmap_calls > before.unmap_calls);
+    }
+
+    #[test]
+    fn the_peak_is_never_below_the_level_while_others_map() {
+        let rounds = if cfg!(miri) { 20 } else { 2000 };
+        let mapper = std::thread::spawn(move || {
+            for _ in 0..rounds {
+                let p = map(page_size()).expect("map");
+                // SAFETY: mapped just above, never used.
+                assert!(unsafe { unmap(p, page_size()) });
+            }
+        });
+        for _ in 0..rounds {
+            let s = stats();
+            assert!(s.peak_mapped_bytes >= s.mapped_bytes, "{s:?}");
+        }
+        mapper.join().unwrap();
     }
 
     #[test]
