@@ -52,6 +52,10 @@ fn run(case: &str) -> (Option<i32>, String) {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "runs each case in a child process, which Miri cannot spawn"
+)]
 fn report_bad_frees() {
     if let Ok(case) = std::env::var("PYMALLOC_CHILD") {
         child(&case);

@@ -53,6 +53,7 @@ fn in_child() -> ! {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri cannot fork")]
 fn the_child_of_a_busy_process_can_allocate() {
     assert!(GLOBAL.enable_fork_safety());
     assert!(GLOBAL.enable_fork_safety(), "registering twice is harmless");

@@ -10,6 +10,11 @@ use pymalloc::PyMalloc;
 #[global_allocator]
 static GLOBAL: PyMalloc = PyMalloc::new();
 
+/// Words per batch, rounds per thread, boxes in the last test: fewer under Miri.
+const WORDS: u64 = if cfg!(miri) { 100 } else { 2000 };
+const ROUNDS: u64 = if cfg!(miri) { 2 } else { 6 };
+const BOXES: u64 = if cfg!(miri) { 1000 } else { 10_000 };
+
 /// What one thread builds: strings, vectors and map nodes of many small sizes.
 struct Batch {
     words: Vec<String>,
@@ -21,7 +26,7 @@ fn build(thread: u64, round: u64) -> Batch {
     let mut words = Vec::new();
     let mut index: HashMap<String, Vec<u32>> = HashMap::new();
     let mut tree = BTreeMap::new();
-    for i in 0..2000u64 {
+    for i in 0..WORDS {
         let w = format!("t{thread}-r{round}-w{i}");
         index
             .entry(w.clone())
@@ -37,7 +42,7 @@ fn build(thread: u64, round: u64) -> Batch {
 }
 
 fn check(b: &Batch, thread: u64, round: u64) {
-    assert_eq!(b.words.len(), 2000);
+    assert_eq!(b.words.len(), WORDS as usize);
     for (i, w) in b.words.iter().enumerate() {
         assert_eq!(*w, format!("t{thread}-r{round}-w{i}"));
         let v = &b.index[w];
@@ -54,7 +59,6 @@ fn check(b: &Batch, thread: u64, round: u64) {
 #[test]
 fn std_collections_on_four_threads_with_cross_thread_frees() {
     const THREADS: u64 = 4;
-    const ROUNDS: u64 = 6;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..THREADS)
         .map(|_| mpsc::channel::<(u64, u64, Batch)>())
         .unzip();
@@ -91,11 +95,11 @@ fn std_collections_on_four_threads_with_cross_thread_frees() {
 #[test]
 fn the_global_allocator_really_is_pymalloc() {
     let before = GLOBAL.stats();
-    let boxes: Vec<Box<[u64; 4]>> = (0..10_000).map(|i| Box::new([i; 4])).collect();
+    let boxes: Vec<Box<[u64; 4]>> = (0..BOXES).map(|i| Box::new([i; 4])).collect();
     let during = GLOBAL.stats();
     // 32-byte boxes are class 1. Other tests run concurrently, so compare with a margin that
     // they cannot fill: they never hold 10,000 32-byte blocks.
-    assert!(during.classes()[1].blocks_in_use >= 10_000);
+    assert!(during.classes()[1].blocks_in_use >= BOXES as usize);
     assert!(boxes.iter().all(|b| GLOBAL.owns(b.as_ptr().cast())));
     assert!(
         !GLOBAL.owns(boxes.as_ptr().cast()),

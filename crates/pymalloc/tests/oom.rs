@@ -121,6 +121,10 @@ fn child() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "needs a child process and RLIMIT_AS, which Miri cannot provide"
+)]
 fn out_of_memory_returns_null_and_recovers() {
     if std::env::var_os("PYMALLOC_OOM_CHILD").is_some() {
         child();

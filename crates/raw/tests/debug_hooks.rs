@@ -65,6 +65,10 @@ fn run(case: &str) -> (Option<i32>, String) {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "runs each case in a child process, which Miri cannot spawn"
+)]
 fn each_corruption_is_reported() {
     if let Ok(case) = std::env::var("PYMALLOC_DEBUG_CASE") {
         child(&case);
