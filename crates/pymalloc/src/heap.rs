@@ -278,8 +278,11 @@ impl<G: Geometry> Heap<G> {
         }
         let ai = self.unused_arena_objects;
         let base = pymalloc_vmm::map_aligned(G::ARENA_SIZE, G::ARENA_SIZE)?;
+        // Exposed, so that a block handed back with narrower provenance than the arena's can
+        // reach its pool header again (see `arena_ptr` in lib.rs).
+        let addr = base.as_ptr().expose_provenance();
         // SAFETY: we hold the heap (the map's only writer) and own the new arena.
-        if !unsafe { map.insert(base.as_ptr() as usize, ai) } {
+        if !unsafe { map.insert(addr, ai) } {
             // SAFETY: mapped just above and never handed out.
             unsafe { pymalloc_vmm::unmap(base, G::ARENA_SIZE) };
             return None;

@@ -51,10 +51,15 @@ pub(crate) struct PoolHeader {
 
 const _: () = assert!(size_of::<PoolHeader>() == 48 || size_of::<usize>() != 8);
 
-/// The pool holding address `p`.
+/// The pool holding address `p`, with the provenance of its arena.
+///
+/// Not derived from `p`'s own provenance: a block handed back by a caller may carry provenance
+/// over only the bytes the caller used (a `Box<T>` or `&mut T` covers `size_of::<T>()`), and
+/// the header is not among them. Every arena's provenance is exposed when it is mapped
+/// (`Heap::new_arena`), so the header's address recovers it. This compiles to the same mask.
 #[inline(always)]
 pub(crate) fn pool_of<G: Geometry>(p: *mut u8) -> *mut PoolHeader {
-    p.map_addr(|a| a & !(G::POOL_SIZE - 1)).cast()
+    core::ptr::with_exposed_provenance_mut(p.addr() & !(G::POOL_SIZE - 1))
 }
 
 /// The size class of the pool holding live block `p`.

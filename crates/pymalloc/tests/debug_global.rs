@@ -10,7 +10,7 @@ use pymalloc_raw::debug::{Debug, api};
 static GLOBAL: Debug<PyMalloc> = Debug::new(PyMalloc::new(), api::OBJECT);
 
 /// Insertions per thread into each collection (fewer under Miri).
-const N: u64 = if cfg!(miri) { 300 } else { 5000 };
+const N: u64 = if cfg!(miri) { 40 } else { 5000 };
 
 #[test]
 fn collections_on_four_threads_pass_every_check() {

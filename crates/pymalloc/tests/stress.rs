@@ -16,13 +16,13 @@ const THREADS: usize = if cfg!(miri) { 4 } else { 8 };
 const ROUNDS: usize = if cfg!(miri) { 2 } else { 6 };
 const EXCHANGE: usize = 512;
 
-/// Work per thread per round: 20 000 steps times `PYMALLOC_STRESS_SCALE` (default 1, or 1/64
+/// Work per thread per round: 20 000 steps times `PYMALLOC_STRESS_SCALE` (default 1, or 1/200
 /// under Miri).
 fn steps() -> usize {
     let scale: f64 = std::env::var("PYMALLOC_STRESS_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if cfg!(miri) { 1.0 / 64.0 } else { 1.0 });
+        .unwrap_or(if cfg!(miri) { 1.0 / 200.0 } else { 1.0 });
     ((20_000.0 * scale) as usize).max(100)
 }
 

@@ -10,6 +10,19 @@ mod sweep;
 use core::alloc::{GlobalAlloc, Layout};
 use pymalloc::{Geometry, PyMalloc, RawMalloc};
 
+/// The smallest geometry the allocator accepts: 4 KiB pools, arenas of 4 pools. Tests that
+/// need many arenas use it to stay quick, under Miri above all.
+#[derive(Clone, Copy, Debug)]
+pub struct Tiny;
+
+impl Geometry for Tiny {
+    const NAME: &'static str = "tiny (tests)";
+    const ALIGNMENT_SHIFT: u32 = 4;
+    const SMALL_REQUEST_THRESHOLD: usize = 512;
+    const POOL_BITS: u32 = 12;
+    const ARENA_BITS: u32 = 14;
+}
+
 /// A fresh allocator of geometry `G` over malloc, on the heap so tests can hold several.
 pub fn fresh<G: Geometry>() -> Box<PyMalloc<RawMalloc, G>> {
     Box::new(PyMalloc::with_backend(RawMalloc))

@@ -24,7 +24,7 @@ fn aligns() -> impl Iterator<Item = usize> {
 
 fn sweep<G: Geometry>() {
     let a = fresh::<G>();
-    let mut live: Vec<(usize, Layout, u64)> = Vec::new();
+    let mut live: Vec<(*mut u8, Layout, u64)> = Vec::new();
     for size in sizes() {
         for align in aligns() {
             let layout = Layout::from_size_align(size, align).unwrap();
@@ -32,16 +32,19 @@ fn sweep<G: Geometry>() {
             let id = live.len() as u64;
             // SAFETY: a fresh block of `size` bytes.
             unsafe { fill(p, size, id) };
-            live.push((p as usize, layout, id));
+            live.push((p, layout, id));
         }
     }
     // Every block still holds its own pattern: no block was handed out twice or overlaps.
     for &(p, layout, id) in &live {
         // SAFETY: live block of `layout.size()` bytes.
-        unsafe { verify(p as *const u8, layout.size(), id) }
-            .unwrap_or_else(|off| panic!("block {p:#x} {layout:?} damaged at {off}"));
+        unsafe { verify(p, layout.size(), id) }
+            .unwrap_or_else(|off| panic!("block {p:p} {layout:?} damaged at {off}"));
     }
-    let mut spans: Vec<(usize, usize)> = live.iter().map(|&(p, l, _)| (p, p + l.size())).collect();
+    let mut spans: Vec<(usize, usize)> = live
+        .iter()
+        .map(|&(p, l, _)| (p as usize, p as usize + l.size()))
+        .collect();
     spans.sort_unstable();
     for w in spans.windows(2) {
         assert!(w[0].1 <= w[1].0, "overlap: {:#x?} and {:#x?}", w[0], w[1]);
@@ -56,11 +59,11 @@ fn sweep<G: Geometry>() {
     a.check_invariants().unwrap();
     for &(p, layout, _) in &live {
         assert_eq!(
-            a.owns(p as *const u8),
+            a.owns(p),
             G::class_for(layout.size(), layout.align()).is_some()
         );
         // SAFETY: live block freed once with its layout.
-        unsafe { a.dealloc(p as *mut u8, layout) };
+        unsafe { a.dealloc(p, layout) };
     }
     let s = a.stats();
     assert_eq!(
