@@ -17,7 +17,7 @@
 
 use core::ptr::{self, NonNull};
 
-use crate::geometry::Geometry;
+use crate::geometry::{Geometry, GeometryExt};
 use crate::pool::{DUMMY_SIZE_IDX, PoolHeader};
 
 /// "No arena" in index-linked lists.

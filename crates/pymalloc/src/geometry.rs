@@ -19,6 +19,12 @@
 //! A block of class `i` sits at `pool + POOL_OVERHEAD + k * size`. Pools are `POOL_SIZE`-aligned
 //! and `POOL_OVERHEAD` and `size` are multiples of `ALIGNMENT`, so every block is aligned to
 //! `ALIGNMENT` and to nothing more in general: that is the largest alignment the classes give.
+//!
+//! # Who may say what
+//! [`Geometry`] holds only the knobs; everything the allocator's `unsafe` code relies on is
+//! derived from them in [`GeometryExt`], which has one blanket implementation and cannot be
+//! implemented or overridden elsewhere, and the knobs are validated at compile time. So a safe
+//! `impl Geometry` can choose a geometry but cannot lie about one.
 
 use crate::pool::PoolHeader;
 
@@ -27,11 +33,83 @@ pub const MAX_CLASSES: usize = 64;
 /// Upper bound on pools per arena any geometry may have (fixed-size tables).
 pub const MAX_POOLS_PER_ARENA: usize = 256;
 
-/// A compile-time configuration of the small-object allocator.
+/// A compile-time configuration of the small-object allocator: CPython's five knobs.
 ///
-/// Implementors set the four CPython knobs; everything else is derived. The derived values are
-/// checked when a [`crate::PyMalloc`] using the geometry is instantiated
-/// ([`Geometry::VALID`]), so an impossible geometry fails to compile.
+/// An implementation sets these and nothing else; every derived value (pool overhead, class
+/// sizes, the request-to-class rule) lives in [`GeometryExt`], which is implemented for every
+/// `Geometry` by a blanket impl and so cannot be overridden. The knobs are checked when a
+/// [`crate::PyMalloc`] using the geometry is instantiated ([`GeometryExt::VALID`]): a geometry
+/// the allocator cannot serve fails to compile. That is why this trait is safe to implement:
+/// nothing a safe implementation can say makes the allocator hand out a block that overlaps a
+/// pool header or is smaller or less aligned than the request.
+///
+/// ```
+/// use pymalloc::{Geometry, PyMalloc, RawMalloc};
+///
+/// #[derive(Clone, Copy)]
+/// struct Small;
+/// impl Geometry for Small {
+///     const NAME: &'static str = "8 KiB pools";
+///     const ALIGNMENT_SHIFT: u32 = 4;
+///     const SMALL_REQUEST_THRESHOLD: usize = 256;
+///     const POOL_BITS: u32 = 13;
+///     const ARENA_BITS: u32 = 18;
+/// }
+/// static A: PyMalloc<RawMalloc, Small> = PyMalloc::with_backend(RawMalloc);
+/// assert_eq!(A.stats().pool_size, 8192);
+/// ```
+///
+/// A derived item cannot be overridden, so a pool header cannot be declared smaller than it is:
+///
+/// ```compile_fail,E0407
+/// use pymalloc::Geometry;
+///
+/// #[derive(Clone, Copy)]
+/// struct Evil;
+/// impl Geometry for Evil {
+///     const NAME: &'static str = "evil";
+///     const ALIGNMENT_SHIFT: u32 = 4;
+///     const SMALL_REQUEST_THRESHOLD: usize = 512;
+///     const POOL_BITS: u32 = 14;
+///     const ARENA_BITS: u32 = 20;
+///     const POOL_OVERHEAD: usize = 0; // error[E0407]: not a member of trait `Geometry`
+/// }
+/// ```
+///
+/// nor can the request-to-class rule be replaced through [`GeometryExt`] (it conflicts with the
+/// blanket impl):
+///
+/// ```compile_fail,E0119
+/// use pymalloc::{Geometry, GeometryExt};
+///
+/// #[derive(Clone, Copy)]
+/// struct Evil;
+/// impl Geometry for Evil {
+///     const NAME: &'static str = "evil";
+///     const ALIGNMENT_SHIFT: u32 = 4;
+///     const SMALL_REQUEST_THRESHOLD: usize = 512;
+///     const POOL_BITS: u32 = 14;
+///     const ARENA_BITS: u32 = 20;
+/// }
+/// impl GeometryExt for Evil {} // error[E0119]: conflicting implementations
+/// ```
+///
+/// and knobs the allocator cannot serve stop the build (here: a 512-byte class in a 1 KiB pool):
+///
+/// ```compile_fail,E0080
+/// use pymalloc::{Geometry, PyMalloc, RawMalloc};
+///
+/// #[derive(Clone, Copy)]
+/// struct Cramped;
+/// impl Geometry for Cramped {
+///     const NAME: &'static str = "cramped";
+///     const ALIGNMENT_SHIFT: u32 = 4;
+///     const SMALL_REQUEST_THRESHOLD: usize = 512;
+///     const POOL_BITS: u32 = 10;
+///     const ARENA_BITS: u32 = 16;
+/// }
+/// static A: PyMalloc<RawMalloc, Cramped> = PyMalloc::with_backend(RawMalloc);
+/// ```
 pub trait Geometry: Copy + Send + Sync + 'static {
     /// A short name for reports, e.g. `"CPython 3.10+"`.
     const NAME: &'static str;
@@ -43,62 +121,106 @@ pub trait Geometry: Copy + Send + Sync + 'static {
     const POOL_BITS: u32;
     /// log2 of the arena size. CPython: `ARENA_BITS`.
     const ARENA_BITS: u32;
+}
 
+/// Everything derived from a [`Geometry`]'s knobs: sizes, counts, the request-to-class rule and
+/// the compile-time validation.
+///
+/// Implemented for every `Geometry` by a blanket impl, and for nothing else (`Geometry` is its
+/// supertrait): the allocator's `unsafe` code relies on these items, so no implementation can
+/// supply its own.
+pub trait GeometryExt: Geometry {
     /// Block alignment and class spacing in bytes. CPython: `ALIGNMENT`.
-    const ALIGNMENT: usize = 1 << Self::ALIGNMENT_SHIFT;
+    const ALIGNMENT: usize;
     /// Number of size classes. CPython: `NB_SMALL_SIZE_CLASSES`.
-    const NB_SMALL_SIZE_CLASSES: usize = Self::SMALL_REQUEST_THRESHOLD >> Self::ALIGNMENT_SHIFT;
+    const NB_SMALL_SIZE_CLASSES: usize;
     /// Pool size in bytes. CPython: `POOL_SIZE`.
-    const POOL_SIZE: usize = 1 << Self::POOL_BITS;
+    const POOL_SIZE: usize;
     /// Arena size in bytes. CPython: `ARENA_SIZE`.
-    const ARENA_SIZE: usize = 1 << Self::ARENA_BITS;
+    const ARENA_SIZE: usize;
     /// Pools per arena. Arenas are mapped `ARENA_SIZE`-aligned, so none is lost to alignment.
     /// CPython: `MAX_POOLS_IN_ARENA`.
-    const MAX_POOLS_IN_ARENA: usize = Self::ARENA_SIZE / Self::POOL_SIZE;
+    const MAX_POOLS_IN_ARENA: usize;
     /// Bytes at the start of each pool taken by its header. CPython: `POOL_OVERHEAD`.
+    const POOL_OVERHEAD: usize;
+    /// Compile-time validation of the knobs; evaluated by `PyMalloc::with_backend`, so an
+    /// allocator over an impossible geometry does not build.
+    const VALID: ();
+
+    /// The size class of a request of `size` bytes (`1 <= size <= SMALL_REQUEST_THRESHOLD`).
+    fn size_class(size: usize) -> usize;
+    /// Block size of class `class`. CPython: `INDEX2SIZE`.
+    fn class_size(class: usize) -> usize;
+    /// Blocks in one pool of class `class`. CPython: `NUMBLOCKS`.
+    fn blocks_per_pool(class: usize) -> usize;
+    /// The class serving `size` bytes at `align`, or `None` if the request must fall through
+    /// to layer +1 (too large, or aligned beyond what the classes give). Size 0 is served as 1.
+    fn class_for(size: usize, align: usize) -> Option<usize>;
+}
+
+impl<G: Geometry> GeometryExt for G {
+    const ALIGNMENT: usize = 1 << G::ALIGNMENT_SHIFT;
+    const NB_SMALL_SIZE_CLASSES: usize = G::SMALL_REQUEST_THRESHOLD >> G::ALIGNMENT_SHIFT;
+    const POOL_SIZE: usize = 1 << G::POOL_BITS;
+    const ARENA_SIZE: usize = 1 << G::ARENA_BITS;
+    const MAX_POOLS_IN_ARENA: usize = Self::ARENA_SIZE / Self::POOL_SIZE;
     const POOL_OVERHEAD: usize = round_up(size_of::<PoolHeader>(), Self::ALIGNMENT);
 
-    /// Compile-time validation of the derived geometry; evaluated by `PyMalloc::with_backend`.
     const VALID: () = {
+        // Shifts first: every derived constant below is a shift of these.
+        assert!(G::ALIGNMENT_SHIFT < 16, "ALIGNMENT_SHIFT out of range");
+        assert!(
+            G::POOL_BITS >= 12 && G::POOL_BITS <= 15,
+            "pools are 4 KiB to 32 KiB (offsets are stored in 16 bits)"
+        );
+        assert!(
+            G::ARENA_BITS > G::POOL_BITS,
+            "an arena holds more than one pool"
+        );
+        assert!(
+            Self::MAX_POOLS_IN_ARENA <= MAX_POOLS_PER_ARENA,
+            "too many pools per arena"
+        );
         assert!(
             Self::ALIGNMENT >= size_of::<usize>(),
             "a free block must hold a pointer"
         );
-        assert!(Self::SMALL_REQUEST_THRESHOLD % Self::ALIGNMENT == 0);
-        assert!(Self::NB_SMALL_SIZE_CLASSES >= 1 && Self::NB_SMALL_SIZE_CLASSES <= MAX_CLASSES);
-        // Pool offsets are stored in 16 bits.
-        assert!(Self::POOL_SIZE <= 1 << 15, "pool offsets must fit in u16");
-        assert!(Self::POOL_SIZE >= 4096);
-        assert!(Self::ARENA_BITS > Self::POOL_BITS);
-        assert!(Self::MAX_POOLS_IN_ARENA <= MAX_POOLS_PER_ARENA);
+        assert!(Self::ALIGNMENT >= align_of::<PoolHeader>());
+        assert!(
+            G::SMALL_REQUEST_THRESHOLD % Self::ALIGNMENT == 0,
+            "the threshold is a whole number of classes"
+        );
+        assert!(
+            Self::NB_SMALL_SIZE_CLASSES >= 1 && Self::NB_SMALL_SIZE_CLASSES <= MAX_CLASSES,
+            "1 to 64 size classes"
+        );
         // A pool of the largest class must hold at least two blocks: freeing one block of a
         // full pool then never empties it (the free path relies on this, as CPython's does).
-        assert!((Self::POOL_SIZE - Self::POOL_OVERHEAD) / Self::SMALL_REQUEST_THRESHOLD >= 2);
+        assert!(
+            Self::POOL_OVERHEAD < Self::POOL_SIZE
+                && (Self::POOL_SIZE - Self::POOL_OVERHEAD) / G::SMALL_REQUEST_THRESHOLD >= 2,
+            "a pool of the largest class must hold two blocks"
+        );
     };
 
-    /// The size class of a request of `size` bytes (`1 <= size <= SMALL_REQUEST_THRESHOLD`).
     #[inline(always)]
     fn size_class(size: usize) -> usize {
-        (size - 1) >> Self::ALIGNMENT_SHIFT
+        (size - 1) >> G::ALIGNMENT_SHIFT
     }
 
-    /// Block size of class `class`. CPython: `INDEX2SIZE`.
     #[inline(always)]
     fn class_size(class: usize) -> usize {
-        (class + 1) << Self::ALIGNMENT_SHIFT
+        (class + 1) << G::ALIGNMENT_SHIFT
     }
 
-    /// Blocks in one pool of class `class`. CPython: `NUMBLOCKS`.
     #[inline(always)]
     fn blocks_per_pool(class: usize) -> usize {
         (Self::POOL_SIZE - Self::POOL_OVERHEAD) / Self::class_size(class)
     }
 
-    /// The class serving `size` bytes at `align`, or `None` if the request must fall through
-    /// to layer +1 (too large, or aligned beyond what the classes give). Size 0 is served as 1.
     #[inline(always)]
     fn class_for(size: usize, align: usize) -> Option<usize> {
-        if size <= Self::SMALL_REQUEST_THRESHOLD && align <= Self::ALIGNMENT {
+        if size <= G::SMALL_REQUEST_THRESHOLD && align <= Self::ALIGNMENT {
             Some(Self::size_class(size.max(1)))
         } else {
             None

@@ -27,8 +27,11 @@
 //! CPython moves a pool back to its arena the moment it empties, so a program that allocates
 //! and frees one block of a class at a time pays for that move, and for taking a pool again, on
 //! every pair. Here a pool that empties while it is its class's only pool stays in the class
-//! list; it goes back to its arena as soon as another pool of the class re-enters the list, or
-//! on [`Heap::trim`]. At most one pool per class (32 × 16 KiB) is held this way.
+//! list, provided its arena has another pool holding live blocks; it goes back to its arena as
+//! soon as another pool of the class re-enters the list, when the last pool in use of its arena
+//! empties (then every kept pool of that arena goes back with it), or on [`Heap::trim`]. At
+//! most one pool per class (32 × 16 KiB) is held this way, and never in an arena that would
+//! otherwise be wholly free: kept pools do not stop arenas from going back to the OS.
 //!
 //! # Releasing arenas
 //! When the last pool of an arena becomes empty the arena goes back to the OS, except when it
@@ -39,6 +42,7 @@
 //! # Invariants (checked by [`Heap::check_invariants`])
 //! - Every pool in `usedpools[i]` has `szidx == i` and `count < capacity`; `count == 0` only
 //!   for the list's sole pool (the kept empty pool).
+//! - An arena holding a kept empty pool also holds a pool with live blocks.
 //! - Every pool obeys `count + |free list| + virgin == capacity` (see [`crate::pool`]).
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
@@ -47,7 +51,8 @@
 use core::ptr;
 
 use crate::arena::{ArenaObject, ArenaTable, NONE};
-use crate::geometry::{Geometry, MAX_CLASSES, MAX_POOLS_PER_ARENA};
+use crate::fallback::FallbackSet;
+use crate::geometry::{Geometry, GeometryExt, MAX_CLASSES, MAX_POOLS_PER_ARENA};
 use crate::map::ArenaMap;
 use crate::pool::{self, PoolHeader};
 use crate::stats::{ClassStats, Corruption, Stats};
@@ -62,6 +67,8 @@ pub(crate) struct Heap<G: Geometry> {
     narenas_currently_allocated: usize,        // arenas mapped now
     ntimes_arena_allocated: usize,             // arenas ever mapped
     narenas_highwater: usize,                  // most arenas mapped at once
+    arena_unmap_failures: usize,               // unmaps the kernel refused (arena kept)
+    pub(crate) fallbacks: FallbackSet,         // debug builds: live fallback blocks
     _geometry: core::marker::PhantomData<G>,
 }
 
@@ -81,6 +88,8 @@ impl<G: Geometry> Heap<G> {
             narenas_currently_allocated: 0,
             ntimes_arena_allocated: 0,
             narenas_highwater: 0,
+            arena_unmap_failures: 0,
+            fallbacks: FallbackSet::new(),
             _geometry: core::marker::PhantomData,
         }
     }
@@ -151,10 +160,12 @@ impl<G: Geometry> Heap<G> {
         unsafe { self.push_used(pool, class) };
     }
 
-    /// A pool in its class list has just become empty. If it is the class's only pool it
-    /// stays there, empty: a program that allocates and frees one block of a class at a time
-    /// would otherwise move the pool to its arena and back on every pair (a departure from
-    /// CPython, which does exactly that). Otherwise it goes back to its arena.
+    /// A pool in its class list has just become empty. If it is the class's only pool and its
+    /// arena has another pool in use, it stays in the class list, empty: a program that
+    /// allocates and frees one block of a class at a time would otherwise move the pool to its
+    /// arena and back on every pair (a departure from CPython, which does exactly that).
+    /// Otherwise it goes back to its arena. The condition on the arena means a kept pool never
+    /// stops its arena from becoming wholly free (see "Keeping one empty pool per class").
     ///
     /// # Safety
     /// `pool` is an empty pool in its class's used list.
@@ -162,12 +173,51 @@ impl<G: Geometry> Heap<G> {
     #[inline(never)]
     unsafe fn pool_emptied(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
         // SAFETY: the pool header is initialised.
-        let (class, next) = unsafe { ((*pool).szidx as usize, (*pool).nextpool) };
-        if self.usedpools[class] == pool && next.is_null() {
+        let (class, next, ai) =
+            unsafe { ((*pool).szidx as usize, (*pool).nextpool, (*pool).arenaindex) };
+        if self.usedpools[class] == pool && next.is_null() && self.arena_has_busy_pool(ai, pool) {
             return;
         }
         // SAFETY: guaranteed by the caller.
         unsafe { self.insert_to_freepool(pool, map) };
+    }
+
+    /// Whether arena `ai` has a pool holding live blocks other than `except`.
+    ///
+    /// The pools of an arena that are not free are `except`, pools with live blocks, and kept
+    /// empty pools (at most one per class, the rest of the classes). Only when there are too few
+    /// of them to rule out that all are kept pools do the class heads need looking at.
+    fn arena_has_busy_pool(&self, ai: u32, except: *mut PoolHeader) -> bool {
+        let a = self.arenas.get(ai);
+        let others = (a.ntotalpools - a.nfreepools) as usize - 1; // not free, besides `except`
+        if others >= G::NB_SMALL_SIZE_CLASSES {
+            return true;
+        }
+        let mut kept = [ptr::null_mut(); MAX_CLASSES];
+        others > self.kept_pools_in(ai, except, &mut kept)
+    }
+
+    /// Collects into `out` the kept empty pools of arena `ai`, other than `except`, and
+    /// returns how many there are.
+    fn kept_pools_in(
+        &self,
+        ai: u32,
+        except: *mut PoolHeader,
+        out: &mut [*mut PoolHeader; MAX_CLASSES],
+    ) -> usize {
+        let mut n = 0;
+        for &head in &self.usedpools[..G::NB_SMALL_SIZE_CLASSES] {
+            if head.is_null() || head == except {
+                continue;
+            }
+            // SAFETY: a non-null head is an initialised pool header; one with no live block
+            // is its class's kept pool.
+            if unsafe { (*head).count == 0 && (*head).arenaindex == ai } {
+                out[n] = head;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Links `pool` at the front of `usedpools[class]`.
@@ -302,23 +352,71 @@ impl<G: Geometry> Heap<G> {
         Some(ai)
     }
 
-    /// Unmaps arena `ai`, which is in no list, and recycles its slot.
-    fn release_arena(&mut self, ai: u32, map: &ArenaMap<G>) {
+    /// Unmaps arena `ai`, which is wholly free and in no list, and recycles its slot. Returns
+    /// `false` if the kernel refused the unmap (possible at `vm.max_map_count`: unmapping an
+    /// arena whose mapping merged with a neighbour splits it, which needs one more map entry).
+    /// The arena is then kept, relinked as a wholly free usable arena, and the refusal counted
+    /// (`Stats::arena_unmap_failures`, and vmm's `failed_unmap_calls`): it is neither lost nor
+    /// left mapped out of our sight.
+    fn release_arena(&mut self, ai: u32, map: &ArenaMap<G>) -> bool {
+        if !self.unmap_arena(ai, map) {
+            self.arena_unmap_failures += 1;
+            self.link_usable_last(ai);
+            return false;
+        }
         let unused = self.unused_arena_objects;
         let a = self.arenas.get_mut(ai);
-        let base = a.address;
         a.address = ptr::null_mut();
         a.freepools = ptr::null_mut();
         a.nfreepools = 0;
         a.prevarena = NONE;
         a.nextarena = unused;
         self.unused_arena_objects = ai;
+        self.narenas_currently_allocated -= 1;
+        true
+    }
+
+    /// Removes arena `ai` from the map and unmaps it; if the kernel refuses, puts it back in
+    /// the map and returns `false`. Touches no list.
+    fn unmap_arena(&mut self, ai: u32, map: &ArenaMap<G>) -> bool {
+        let base = self.arenas.get(ai).address;
+        // The entry goes first: once the range is unmapped the kernel may hand the addresses
+        // to someone else, and a lock-free `owns` must not call their blocks ours.
         // SAFETY: we hold the heap and the arena was registered under this base.
         unsafe { map.remove(base as usize) };
         // SAFETY: every pool of the arena is free, so no block in it is live; the arena was
         // mapped with ARENA_SIZE bytes and nothing refers to it any more.
-        unsafe { pymalloc_vmm::unmap(ptr::NonNull::new_unchecked(base), G::ARENA_SIZE) };
-        self.narenas_currently_allocated -= 1;
+        if unsafe { pymalloc_vmm::unmap(ptr::NonNull::new_unchecked(base), G::ARENA_SIZE) } {
+            return true;
+        }
+        // SAFETY: as for `remove`; the leaf covering `base` exists, so this cannot fail for
+        // want of memory.
+        let back = unsafe { map.insert(base as usize, ai) };
+        debug_assert!(back, "re-registering arena {base:p}");
+        false
+    }
+
+    /// Links arena `ai`, wholly free and in no list, at the end of `usable_arenas` (where the
+    /// arenas with the most free pools are).
+    #[cold]
+    fn link_usable_last(&mut self, ai: u32) {
+        let nf = self.arenas.get(ai).nfreepools as usize;
+        debug_assert_eq!(nf, self.arenas.get(ai).ntotalpools as usize);
+        let mut last = self.usable_arenas;
+        while last != NONE && self.arenas.get(last).nextarena != NONE {
+            last = self.arenas.get(last).nextarena;
+        }
+        {
+            let a = self.arenas.get_mut(ai);
+            a.prevarena = last;
+            a.nextarena = NONE;
+        }
+        if last == NONE {
+            self.usable_arenas = ai;
+        } else {
+            self.arenas.get_mut(last).nextarena = ai;
+        }
+        self.nfp2lasta[nf] = ai;
     }
 
     /// Unlinks arena `ai` from `usable_arenas`.
@@ -337,14 +435,37 @@ impl<G: Geometry> Heap<G> {
         }
     }
 
-    /// A pool has just become empty: give it back to its arena and keep `usable_arenas`
-    /// sorted, releasing the arena if it is wholly free. CPython: `insert_to_freepool`.
+    /// A pool has just become empty, or is a kept pool being given up: give it back to its
+    /// arena. If that leaves the arena with no pool in use but some kept empty pools of other
+    /// classes, those go back too, so that the arena can become wholly free (and go back to
+    /// the OS) at once. CPython: `insert_to_freepool`.
     ///
     /// # Safety
     /// `pool` is an empty pool currently in its class's used list.
     #[cold]
     #[inline(never)]
     unsafe fn insert_to_freepool(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+        // SAFETY: `pool` is an initialised header.
+        let ai = unsafe { (*pool).arenaindex };
+        if !self.arena_has_busy_pool(ai, pool) {
+            let mut kept = [ptr::null_mut(); MAX_CLASSES];
+            let n = self.kept_pools_in(ai, pool, &mut kept);
+            for &k in &kept[..n] {
+                // SAFETY: a kept pool is an empty pool in its class's used list. `pool` is not
+                // yet back, so none of these calls finds the arena wholly free.
+                unsafe { self.return_pool(k, map) };
+            }
+        }
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.return_pool(pool, map) };
+    }
+
+    /// Gives `pool` back to its arena and keeps `usable_arenas` sorted, releasing the arena if
+    /// it is wholly free (and not the last usable one).
+    ///
+    /// # Safety
+    /// `pool` is an empty pool currently in its class's used list.
+    unsafe fn return_pool(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
         // SAFETY: `pool` is an initialised header in usedpools[szidx].
         let (class, ai) = unsafe { ((*pool).szidx as usize, (*pool).arenaindex) };
         // SAFETY: as above.
@@ -419,8 +540,9 @@ impl<G: Geometry> Heap<G> {
 
     /// Returns the kept empty pools to their arenas, then releases every wholly free arena
     /// (the one kept by the bpo-37257 rule, and any freed by the first step). Returns how many
-    /// arenas were released.
+    /// arenas were released, by either step.
     pub(crate) fn trim(&mut self, map: &ArenaMap<G>) -> usize {
+        let before = self.narenas_currently_allocated;
         for class in 0..G::NB_SMALL_SIZE_CLASSES {
             let head = self.usedpools[class];
             // SAFETY: `head`, if any, is an initialised pool in the list; an empty one is the
@@ -430,7 +552,6 @@ impl<G: Geometry> Heap<G> {
                 unsafe { self.insert_to_freepool(head, map) };
             }
         }
-        let mut released = 0;
         let mut ai = self.usable_arenas;
         while ai != NONE {
             let a = self.arenas.get(ai);
@@ -447,22 +568,28 @@ impl<G: Geometry> Heap<G> {
                         };
                 }
                 self.unlink_usable(ai);
-                self.release_arena(ai, map);
-                released += 1;
+                if !self.release_arena(ai, map) {
+                    // The arena went back to the end of the list; the kernel would most
+                    // likely refuse the next one too.
+                    break;
+                }
             }
             ai = next;
         }
-        released
+        // Counted as the change in live arenas: the first loop may release arenas too.
+        before - self.narenas_currently_allocated
     }
 
     /// Unmaps every arena and the arena table, whatever they hold. Only for `Drop`.
     pub(crate) fn release_everything(&mut self, map: &ArenaMap<G>) {
         for ai in 0..self.arenas.capacity() {
             if !self.arenas.get(ai).address.is_null() {
-                self.release_arena(ai, map);
+                // A refused unmap leaves the arena mapped for good; vmm counts it.
+                self.unmap_arena(ai, map);
             }
         }
         self.arenas.release();
+        core::mem::replace(&mut self.fallbacks, FallbackSet::new()).release();
         *self = Self::new();
     }
 
@@ -525,9 +652,10 @@ impl<G: Geometry> Heap<G> {
         s.arenas_current = self.narenas_currently_allocated;
         s.arenas_reclaimed = self.ntimes_arena_allocated - self.narenas_currently_allocated;
         s.arenas_highwater = self.narenas_highwater;
+        s.arena_unmap_failures = self.arena_unmap_failures;
         s.total_arena_bytes = self.narenas_currently_allocated * G::ARENA_SIZE;
         s.arena_map_leaves = map.leaves();
-        s.metadata_bytes = self.arenas.bytes() + map.bytes();
+        s.metadata_bytes = self.arenas.bytes() + map.bytes() + self.fallbacks.bytes();
         s
     }
 
@@ -701,6 +829,19 @@ impl<G: Geometry> Heap<G> {
             let expect = free + a.virgin_pools::<G>();
             if a.nfreepools as usize != expect {
                 return fail("arena nfreepools", base, expect, a.nfreepools as usize);
+            }
+            let busy = Self::carved_pools(a)
+                // SAFETY: carved pools have initialised headers.
+                .filter(|&p| unsafe { (*p).count } != 0)
+                .count();
+            let mut kept = [ptr::null_mut(); MAX_CLASSES];
+            if busy == 0 && self.kept_pools_in(ai, ptr::null_mut(), &mut kept) != 0 {
+                return fail(
+                    "a kept empty pool pins an arena with no pool in use",
+                    kept[0] as usize,
+                    0,
+                    1,
+                );
             }
             for pool in Self::carved_pools(a) {
                 // SAFETY: carved pools have initialised headers.

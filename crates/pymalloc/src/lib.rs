@@ -66,6 +66,8 @@
 #[cfg(not(loom))]
 mod arena;
 mod counters;
+#[cfg(not(loom))]
+mod fallback;
 pub mod fork;
 pub mod geometry;
 #[cfg(not(loom))]
@@ -88,7 +90,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 #[cfg(not(loom))]
-pub use geometry::{Geometry, Py37, Py310};
+pub use geometry::{Geometry, GeometryExt, Py37, Py310};
 #[cfg(not(loom))]
 pub use pymalloc_raw::RawMalloc;
 #[cfg(not(loom))]
@@ -240,7 +242,11 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // Relaxed: whoever frees the block learns of it through some synchronisation with
         // this thread, which also carries this earlier store.
         self.fallback.store(true, Relaxed);
-        self.alloc_large(layout, zeroed)
+        let p = self.alloc_large(layout, zeroed);
+        if cfg!(debug_assertions) && !p.is_null() {
+            self.heap.lock().fallbacks.insert(p as usize);
+        }
+        p
     }
 
     /// Whether a block with a small layout is one of the backend's fallback blocks.
@@ -273,6 +279,44 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.dealloc(ptr, layout) };
         self.large.freed(layout.size());
+    }
+
+    /// In debug builds, checks that `ptr`, freed (or reallocated) with a small layout and not in
+    /// any of our arenas, is a live fallback block, and forgets it; otherwise reports the bad
+    /// free and aborts. The check is skipped if the record of fallback blocks could not be kept
+    /// (see `fallback`).
+    #[inline(never)]
+    fn debug_forget_fallback(&self, ptr: *mut u8, layout: Layout) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut heap = self.heap.lock();
+        if !heap.fallbacks.remove(ptr as usize) && heap.fallbacks.is_complete() {
+            let c = Corruption {
+                what: "pointer is not inside any arena of this allocator, nor a live block it \
+                       passed to layer +1 when no arena could be mapped",
+                address: ptr as usize,
+                expected: 0,
+                found: 0,
+            };
+            bad_free(ptr, layout, &c);
+        }
+    }
+
+    /// In debug builds, checks that `ptr`, whose layout routes to the backend, is not a pool
+    /// block (a pool block handed to `free()` would end up in malloc's free lists, and malloc
+    /// would later hand out memory inside our arena); otherwise reports the bad free and aborts.
+    #[inline(always)]
+    fn debug_check_backend_block(&self, ptr: *mut u8, layout: Layout) {
+        if cfg!(debug_assertions) && self.owns(ptr) {
+            let c = Corruption {
+                what: "layout routes to layer +1 but the block is a pool block",
+                address: ptr as usize,
+                expected: 0,
+                found: 0,
+            };
+            bad_free(ptr, layout, &c);
+        }
     }
 
     /// In debug builds, verifies that `ptr` is a live-looking block of class `class` of this
@@ -335,6 +379,7 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match G::class_for(layout.size(), layout.align()) {
             Some(_) if self.is_fallback_block(ptr) => {
+                self.debug_forget_fallback(ptr, layout);
                 // SAFETY: a small layout's block that is not in our arenas came from the
                 // backend via `alloc_small_fallback`, with this layout.
                 unsafe { self.dealloc_large(ptr, layout) }
@@ -342,8 +387,11 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
             // SAFETY: per the GlobalAlloc contract `ptr` is a live block from `alloc` with
             // this layout, hence (not being a fallback block) of this class and this heap.
             Some(class) => unsafe { self.dealloc_small(ptr, class, layout) },
-            // SAFETY: by the routing rule, the block came from `alloc_large` with `layout`.
-            None => unsafe { self.dealloc_large(ptr, layout) },
+            None => {
+                self.debug_check_backend_block(ptr, layout);
+                // SAFETY: by the routing rule, the block came from `alloc_large` with `layout`.
+                unsafe { self.dealloc_large(ptr, layout) }
+            }
         }
     }
 
@@ -356,10 +404,22 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
             G::class_for(layout.size(), align),
             G::class_for(new_size, align),
         );
-        if old_class.is_some() && self.is_fallback_block(ptr) {
+        if old_class.is_none() {
+            self.debug_check_backend_block(ptr, layout);
+        } else if self.is_fallback_block(ptr) {
             // A fallback block stays in the backend whatever its new size: `dealloc` finds it
             // there through the arena map (the fallback flag stays set).
-            return self.realloc_large(ptr, layout, new_size);
+            self.debug_forget_fallback(ptr, layout);
+            let q = self.realloc_large(ptr, layout, new_size);
+            if cfg!(debug_assertions) {
+                // Still a fallback block under a small layout: the old one if the realloc
+                // failed, the new one if its layout stays small.
+                let live = if q.is_null() { ptr } else { q };
+                if q.is_null() || new_class.is_some() {
+                    self.heap.lock().fallbacks.insert(live as usize);
+                }
+            }
+            return q;
         }
         match (old_class, new_class) {
             (Some(old), Some(new)) => {
@@ -367,7 +427,10 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
                     self.debug_check_block(&self.heap.lock(), ptr, old, layout);
                 }
                 // The block's real class may exceed the layout's after an in-place shrink.
-                // SAFETY: `ptr` is a live block of one of our pools (checked above).
+                // SAFETY: by the realloc contract `ptr` is live and was allocated with
+                // `layout`; a small layout routes to the pools and `ptr` is not a fallback
+                // block (tested above), so it is a live block of one of our pools. Debug
+                // builds verify this just above; release builds rely on the contract.
                 let real = unsafe { pool::class_of_block::<G>(ptr) };
                 let real_size = G::class_size(real);
                 // In place while the request still fits and either keeps the class or wastes

@@ -247,7 +247,7 @@ unsafe fn free_table<T: ZeroIsInit>(table: NonNull<T>, len: usize) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::geometry::{Py37, Py310};
+    use crate::geometry::{GeometryExt, Py37, Py310};
 
     fn round_trip<G: Geometry>() {
         let mut map = ArenaMap::<G>::new();

@@ -27,7 +27,7 @@
 
 use core::ptr;
 
-use crate::geometry::Geometry;
+use crate::geometry::{Geometry, GeometryExt};
 
 /// The class index of a pool that has never held blocks. CPython: `DUMMY_SIZE_IDX`.
 pub(crate) const DUMMY_SIZE_IDX: u16 = 0xffff;

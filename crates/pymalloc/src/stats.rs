@@ -45,6 +45,10 @@ pub struct Stats {
     pub arenas_allocated_total: usize,
     /// Arenas returned to the OS.
     pub arenas_reclaimed: usize,
+    /// Times the kernel refused to unmap a wholly free arena (possible at `vm.max_map_count`,
+    /// when unmapping splits a mapping). Each such arena was kept, wholly free and usable, so
+    /// it is still counted in `arenas_current`.
+    pub arena_unmap_failures: usize,
     /// Most arenas mapped at once. CPython: `narenas_highwater`.
     pub arenas_highwater: usize,
     /// Arenas mapped now. CPython: `narenas_currently_allocated`.
@@ -68,7 +72,8 @@ pub struct Stats {
     pub large_blocks: usize,
     /// Bytes requested by those blocks.
     pub large_bytes: usize,
-    /// Bytes of address space for bookkeeping: the arena table and the arena map.
+    /// Bytes of address space for bookkeeping: the arena table, the arena map and, in debug
+    /// builds after a fallback, the record of fallback blocks.
     pub metadata_bytes: usize,
     /// Leaves of the arena map.
     pub arena_map_leaves: usize,
@@ -91,6 +96,7 @@ impl Stats {
             }; MAX_CLASSES],
             arenas_allocated_total: 0,
             arenas_reclaimed: 0,
+            arena_unmap_failures: 0,
             arenas_highwater: 0,
             arenas_current: 0,
             bytes_in_allocated_blocks: 0,
@@ -129,6 +135,7 @@ impl Stats {
         }
         self.arenas_allocated_total += other.arenas_allocated_total;
         self.arenas_reclaimed += other.arenas_reclaimed;
+        self.arena_unmap_failures += other.arena_unmap_failures;
         self.arenas_highwater += other.arenas_highwater;
         self.arenas_current += other.arenas_current;
         self.bytes_in_allocated_blocks += other.bytes_in_allocated_blocks;
@@ -279,6 +286,11 @@ impl fmt::Display for Stats {
             f,
             format_args!("# bytes in arena table and map"),
             self.metadata_bytes,
+        )?;
+        line(
+            f,
+            format_args!("# arena unmaps refused by the OS"),
+            self.arena_unmap_failures,
         )?;
         writeln!(f)?;
         writeln!(

@@ -105,7 +105,9 @@ pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 }
 
 /// Unmaps `len` bytes (rounded up to whole pages) at `ptr`. Returns `false` if the kernel
-/// refused (the counters are then left unchanged).
+/// refused: the range then stays mapped and counted in `mapped_bytes`, and the refusal is
+/// counted in [`VmStats::failed_unmap_calls`] and [`VmStats::failed_unmap_bytes`]. (Linux
+/// refuses when unmapping would split a mapping while the process is at `vm.max_map_count`.)
 ///
 /// # Safety
 /// - `ptr` is page aligned and `[ptr, ptr + len)` lies within mappings obtained from this crate.
@@ -118,6 +120,9 @@ pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> bool {
     let ok = unsafe { sys::unmap(ptr.as_ptr(), len) };
     if ok {
         COUNTERS.record_unmap(len);
+    } else {
+        COUNTERS.failed_unmap_calls.fetch_add(1, Relaxed);
+        COUNTERS.failed_unmap_bytes.fetch_add(len, Relaxed);
     }
     ok
 }
@@ -218,6 +223,10 @@ pub struct VmStats {
     pub recommit_calls: usize,
     /// Successful [`remap`] calls.
     pub remap_calls: usize,
+    /// [`unmap`] calls the kernel refused; their ranges are still mapped.
+    pub failed_unmap_calls: usize,
+    /// Bytes passed to refused [`unmap`] calls (a running total).
+    pub failed_unmap_bytes: usize,
 }
 
 /// Reads the process-wide counters. Each field is read atomically; the set is not a single
@@ -237,20 +246,24 @@ pub fn stats() -> VmStats {
         decommitted_bytes: c.decommitted_bytes.load(Relaxed),
         recommit_calls: c.recommit_calls.load(Relaxed),
         remap_calls: c.remap_calls.load(Relaxed),
+        failed_unmap_calls: c.failed_unmap_calls.load(Relaxed),
+        failed_unmap_bytes: c.failed_unmap_bytes.load(Relaxed),
     }
 }
 
 /// Process-wide counters. All are statistics only (no decision depends on them), so every
 /// access is `Relaxed`: there is nothing to order them with.
 struct Counters {
-    mapped: AtomicUsize,            // bytes, level
-    peak: AtomicUsize,              // bytes, high-water mark of `mapped`
-    map_calls: AtomicUsize,         // calls
-    unmap_calls: AtomicUsize,       // calls
-    decommit_calls: AtomicUsize,    // calls
-    decommitted_bytes: AtomicUsize, // bytes, running total
-    recommit_calls: AtomicUsize,    // calls
-    remap_calls: AtomicUsize,       // calls
+    mapped: AtomicUsize,             // bytes, level
+    peak: AtomicUsize,               // bytes, high-water mark of `mapped`
+    map_calls: AtomicUsize,          // calls
+    unmap_calls: AtomicUsize,        // calls
+    decommit_calls: AtomicUsize,     // calls
+    decommitted_bytes: AtomicUsize,  // bytes, running total
+    recommit_calls: AtomicUsize,     // calls
+    remap_calls: AtomicUsize,        // calls
+    failed_unmap_calls: AtomicUsize, // calls the kernel refused
+    failed_unmap_bytes: AtomicUsize, // bytes, running total
 }
 
 static COUNTERS: Counters = Counters {
@@ -262,6 +275,8 @@ static COUNTERS: Counters = Counters {
     decommitted_bytes: AtomicUsize::new(0),
     recommit_calls: AtomicUsize::new(0),
     remap_calls: AtomicUsize::new(0),
+    failed_unmap_calls: AtomicUsize::new(0),
+    failed_unmap_bytes: AtomicUsize::new(0),
 };
 
 impl Counters {

@@ -110,13 +110,9 @@ fn wholly_free_arenas_go_back_to_the_os() {
     free_pools(&a, &mut arenas[3], per_arena);
     let s = a.stats();
     assert_eq!((s.arenas_current, s.arenas_reclaimed), (4, 0));
-    // ... but a second wholly free arena goes back to the OS. Arena 0's last pool is kept
-    // as its class's empty pool until another pool of the class re-enters the class list:
+    // ... but a second wholly free arena goes back to the OS at once. Arena 0's last pool is
+    // its class's only pool when it empties, yet it is not kept: that would pin the arena.
     free_pools(&a, &mut arenas[0], per_arena);
-    assert_eq!(a.stats().arenas_current, 4);
-    let one = arenas[1].pop().unwrap();
-    // SAFETY: a live block, freed once with its layout.
-    unsafe { a.dealloc(one, Layout::from_size_align(512, 16).unwrap()) };
     let s = a.stats();
     assert_eq!(
         (s.arenas_current, s.arenas_reclaimed, s.arenas_highwater),
@@ -136,14 +132,14 @@ fn wholly_free_arenas_go_back_to_the_os() {
     }
     let s = a.stats();
     assert_eq!(s.blocks_in_use(), 0);
-    // Kept: the emptiest free arena (CPython bpo-37257) and the arena of the kept empty pool.
-    assert!(s.arenas_current <= 2, "{} arenas kept", s.arenas_current);
+    // Kept: only the emptiest free arena (CPython bpo-37257).
+    assert_eq!(s.arenas_current, 1);
     // Reusing them maps nothing new.
     let p = alloc_checked(&*a, Layout::from_size_align(8, 8).unwrap());
     assert_eq!(a.stats().arenas_allocated_total, 4);
     // SAFETY: live block freed once.
     unsafe { a.dealloc(p, Layout::from_size_align(8, 8).unwrap()) };
-    assert!(a.trim() >= 1);
+    assert_eq!(a.trim(), 1);
     let s = a.stats();
     assert_eq!((s.arenas_current, s.total_arena_bytes), (0, 0));
     a.check_invariants().unwrap();
@@ -236,4 +232,103 @@ fn the_arena_table_grows_past_its_first_sixteen_entries() {
 #[test]
 fn the_arena_table_grows_past_its_first_sixteen_entries_tiny() {
     table_growth::<Tiny>();
+}
+
+/// One arena's worth of pools for each class, then a free-all.
+fn one_arena_per_class_then_free_all<G: Geometry>() -> Box<PyMalloc<RawMalloc, G>> {
+    let a = fresh::<G>();
+    let mut live = Vec::new();
+    for class in 0..G::NB_SMALL_SIZE_CLASSES {
+        let l = Layout::from_size_align(G::class_size(class), G::ALIGNMENT).unwrap();
+        for _ in 0..G::MAX_POOLS_IN_ARENA * G::blocks_per_pool(class) {
+            live.push((alloc_checked(&*a, l), l));
+        }
+    }
+    assert!(a.stats().arenas_current >= G::NB_SMALL_SIZE_CLASSES);
+    for (p, l) in live.drain(..) {
+        // SAFETY: live blocks freed once with their layouts.
+        unsafe { a.dealloc(p, l) };
+    }
+    a.check_invariants().unwrap();
+    assert_eq!(a.stats().blocks_in_use(), 0);
+    a
+}
+
+/// No class's kept empty pool pins its arena: every arena but one goes back to the OS without
+/// `trim()`.
+#[test]
+fn a_free_all_leaves_at_most_one_arena() {
+    fn check<G: Geometry>() {
+        let n = one_arena_per_class_then_free_all::<G>()
+            .stats()
+            .arenas_current;
+        assert!(
+            n <= 1,
+            "{}: {n} arenas stay mapped with no block in use",
+            G::NAME
+        );
+    }
+    check::<Tiny>();
+    if !cfg!(miri) {
+        check::<Py310>();
+    }
+}
+
+/// `trim()` returns exactly the number of arenas it released.
+#[test]
+fn trim_counts_what_it_releases() {
+    fn check<G: Geometry>() {
+        let a = one_arena_per_class_then_free_all::<G>();
+        let before = a.stats().arenas_current;
+        let released = a.trim();
+        let after = a.stats().arenas_current;
+        assert_eq!((released, after), (before - after, 0), "{}", G::NAME);
+        a.check_invariants().unwrap();
+    }
+    check::<Tiny>();
+    if !cfg!(miri) {
+        check::<Py310>();
+    }
+}
+
+/// Kept empty pools of several classes share an arena with one busy pool: when that pool
+/// empties, they all go back with it and the arena can be released.
+#[test]
+fn kept_pools_go_back_with_the_last_busy_pool_of_their_arena() {
+    let a = fresh::<Py310>();
+    let l = |class: usize| Layout::from_size_align(Py310::class_size(class), 16).unwrap();
+    // A first arena full of class-31 blocks, so that the next one is not the only arena.
+    let mut full: Vec<_> = fill_arenas(&a, 1).pop().unwrap();
+    let anchor = alloc_checked(&*a, l(30));
+    // Classes 0..8 each get a pool in the anchor's arena, then empty it: kept, since the
+    // anchor's pool is in use.
+    for class in 0..8 {
+        let p = alloc_checked(&*a, l(class));
+        assert_eq!(arena_of::<Py310>(p), arena_of::<Py310>(anchor));
+        // SAFETY: live block freed once with its layout.
+        unsafe { a.dealloc(p, l(class)) };
+        assert_eq!(
+            a.stats().classes()[class].pools,
+            1,
+            "class {class} keeps its pool"
+        );
+    }
+    a.check_invariants().unwrap();
+    // SAFETY: live block freed once with its layout.
+    unsafe { a.dealloc(anchor, l(30)) };
+    let s = a.stats();
+    assert!(
+        s.classes()[..8].iter().all(|c| c.pools == 0),
+        "the kept pools went back with the anchor's"
+    );
+    assert_eq!(
+        s.unused_pools,
+        Py310::MAX_POOLS_IN_ARENA,
+        "the anchor's arena is wholly free"
+    );
+    a.check_invariants().unwrap();
+    let n = full.len() / Py310::blocks_per_pool(31);
+    free_pools(&a, &mut full, n);
+    let s = a.stats();
+    assert_eq!((s.blocks_in_use(), s.arenas_current), (0, 1));
 }

@@ -8,7 +8,7 @@ mod report;
 mod sweep;
 
 use core::alloc::{GlobalAlloc, Layout};
-use pymalloc::{Geometry, PyMalloc, RawMalloc};
+use pymalloc::{Geometry, GeometryExt, PyMalloc, RawMalloc};
 
 /// The smallest geometry the allocator accepts: 4 KiB pools, arenas of 4 pools. Tests that
 /// need many arenas use it to stay quick, under Miri above all.
