@@ -1,6 +1,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pymalloc::{Geometry, PyMalloc, Py310};
+use pymalloc::{GeometryExt, PyMalloc, Py310};
 
 fuzz_target!(|data: &[u8]| {
     // A fresh allocator per input, so the statistics describe this input alone.

@@ -183,9 +183,11 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
 
     /// Gives back what the allocator keeps in reserve: each size class's last empty pool
     /// (kept so that allocating and freeing one block at a time does not move a pool to its
-    /// arena and back on every pair) and the one wholly free arena kept against mapping and
-    /// unmapping an arena in a loop. Wholly free arenas go back to the OS. Returns how many
-    /// arenas were released.
+    /// arena and back on every pair; only ever kept in an arena that also holds live blocks)
+    /// and the one wholly free arena kept against mapping and unmapping an arena in a loop.
+    /// Wholly free arenas go back to the OS. Returns how many arenas were released.
+    ///
+    /// Without it, a program that frees everything keeps at most that one arena mapped.
     pub fn trim(&self) -> usize {
         self.heap.lock().trim(&self.map)
     }

@@ -9,41 +9,15 @@ use std::process::Command;
 
 use pymalloc::PyMalloc;
 
+mod common;
+use common::{leave_room_for_malloc_only, set_limit};
+
 static A: PyMalloc = PyMalloc::new();
-
-fn set_limit(bytes: libc::rlim_t) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-parameter / in-parameter.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut lim), 0);
-        lim.rlim_cur = bytes.min(lim.rlim_max);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &lim), 0);
-    }
-}
-
-/// Address space in use now, from the first field of /proc/self/statm.
-fn vm_size() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    s.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 4096
-}
 
 fn child() {
     let small = Layout::from_size_align(64, 8).unwrap();
     let mut blocks: Vec<*mut u8> = Vec::with_capacity(2_000_000);
-    // Give malloc free space to spare: allocate, then free all but the last chunk (which
-    // keeps the heap from being trimmed).
-    let warm: Vec<*mut libc::c_void> = (0..40_000)
-        // SAFETY: malloc has no preconditions; the results are freed below.
-        .map(|_| unsafe { libc::malloc(200) })
-        .collect();
-    for &p in &warm[..warm.len() - 1] {
-        // SAFETY: each came from malloc and is freed once.
-        unsafe { libc::free(p) };
-    }
-    set_limit(vm_size() + (512 << 10));
+    leave_room_for_malloc_only();
 
     // 1. No arena can be mapped (it needs 2 MiB of address space), but malloc has room.
     // SAFETY: valid layouts; every block is freed once with its layout.
