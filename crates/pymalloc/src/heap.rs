@@ -27,11 +27,13 @@
 //! CPython moves a pool back to its arena the moment it empties, so a program that allocates
 //! and frees one block of a class at a time pays for that move, and for taking a pool again, on
 //! every pair. Here a pool that empties while it is its class's only pool stays in the class
-//! list, provided its arena has another pool holding live blocks; it goes back to its arena as
-//! soon as another pool of the class re-enters the list, when the last pool in use of its arena
-//! empties (then every kept pool of that arena goes back with it), or on [`Heap::trim`]. At
-//! most one pool per class (32 × 16 KiB) is held this way, and never in an arena that would
-//! otherwise be wholly free: kept pools do not stop arenas from going back to the OS.
+//! list, provided its arena has another pool holding live blocks or is the heap's only arena
+//! (which would stay mapped anyway, as the one spare arena of the next section). It goes back to
+//! its arena as soon as another pool of the class re-enters the list, when the last pool in use
+//! of its arena empties (then every kept pool of that arena goes back with it), before a second
+//! arena is mapped if its arena holds nothing else, or on [`Heap::trim`]. At most one pool per
+//! class (32 × 16 KiB) is held this way, and never in an arena that would otherwise go back to
+//! the OS: after a free-all at most one arena stays mapped.
 //!
 //! # Releasing arenas
 //! When the last pool of an arena becomes empty the arena goes back to the OS, except when it
@@ -42,7 +44,8 @@
 //! # Invariants (checked by [`Heap::check_invariants`])
 //! - Every pool in `usedpools[i]` has `szidx == i` and `count < capacity`; `count == 0` only
 //!   for the list's sole pool (the kept empty pool).
-//! - An arena holding a kept empty pool also holds a pool with live blocks.
+//! - An arena holding a kept empty pool also holds a pool with live blocks, or is the only
+//!   arena.
 //! - Every pool obeys `count + |free list| + virgin == capacity` (see [`crate::pool`]).
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
@@ -160,12 +163,13 @@ impl<G: Geometry> Heap<G> {
         unsafe { self.push_used(pool, class) };
     }
 
-    /// A pool in its class list has just become empty. If it is the class's only pool and its
-    /// arena has another pool in use, it stays in the class list, empty: a program that
-    /// allocates and frees one block of a class at a time would otherwise move the pool to its
-    /// arena and back on every pair (a departure from CPython, which does exactly that).
-    /// Otherwise it goes back to its arena. The condition on the arena means a kept pool never
-    /// stops its arena from becoming wholly free (see "Keeping one empty pool per class").
+    /// A pool in its class list has just become empty. If it is the class's only pool, and its
+    /// arena has another pool in use or is the only arena, it stays in the class list, empty:
+    /// a program that allocates and frees one block of a class at a time would otherwise move
+    /// the pool to its arena and back on every pair (a departure from CPython, which does
+    /// exactly that). Otherwise it goes back to its arena. The condition on the arena means a
+    /// kept pool never keeps an arena mapped that would otherwise go back to the OS (see
+    /// "Keeping one empty pool per class").
     ///
     /// # Safety
     /// `pool` is an empty pool in its class's used list.
@@ -175,11 +179,34 @@ impl<G: Geometry> Heap<G> {
         // SAFETY: the pool header is initialised.
         let (class, next, ai) =
             unsafe { ((*pool).szidx as usize, (*pool).nextpool, (*pool).arenaindex) };
-        if self.usedpools[class] == pool && next.is_null() && self.arena_has_busy_pool(ai, pool) {
+        if self.usedpools[class] == pool
+            && next.is_null()
+            && (self.narenas_currently_allocated == 1 || self.arena_has_busy_pool(ai, pool))
+        {
             return;
         }
         // SAFETY: guaranteed by the caller.
         unsafe { self.insert_to_freepool(pool, map) };
+    }
+
+    /// Gives back every kept empty pool whose arena holds no pool with live blocks.
+    #[cold]
+    fn give_back_idle_kept_pools(&mut self, map: &ArenaMap<G>) {
+        for class in 0..G::NB_SMALL_SIZE_CLASSES {
+            let head = self.usedpools[class];
+            // SAFETY: a non-null head is an initialised pool header; one with no live block is
+            // its class's kept pool.
+            if head.is_null() || unsafe { (*head).count } != 0 {
+                continue;
+            }
+            // SAFETY: as above.
+            let ai = unsafe { (*head).arenaindex };
+            if !self.arena_has_busy_pool(ai, head) {
+                // SAFETY: a kept pool is an empty pool in its class's used list. Its arena's
+                // other kept pools go back with it.
+                unsafe { self.insert_to_freepool(head, map) };
+            }
+        }
     }
 
     /// Whether arena `ai` has a pool holding live blocks other than `except`.
@@ -265,6 +292,12 @@ impl<G: Geometry> Heap<G> {
     #[cold]
     #[inline(never)]
     fn alloc_from_new_pool(&mut self, class: usize, map: &ArenaMap<G>) -> *mut u8 {
+        if self.usable_arenas == NONE && self.narenas_currently_allocated == 1 {
+            // About to map a second arena: kept pools of the only one, if it holds nothing
+            // else, must not outlive its being the only one. Giving them back may also leave
+            // it with free pools, and no new arena is needed.
+            self.give_back_idle_kept_pools(map);
+        }
         if self.usable_arenas == NONE {
             let Some(ai) = self.new_arena(map) else {
                 return ptr::null_mut();
@@ -835,7 +868,10 @@ impl<G: Geometry> Heap<G> {
                 .filter(|&p| unsafe { (*p).count } != 0)
                 .count();
             let mut kept = [ptr::null_mut(); MAX_CLASSES];
-            if busy == 0 && self.kept_pools_in(ai, ptr::null_mut(), &mut kept) != 0 {
+            if busy == 0
+                && self.narenas_currently_allocated > 1
+                && self.kept_pools_in(ai, ptr::null_mut(), &mut kept) != 0
+            {
                 return fail(
                     "a kept empty pool pins an arena with no pool in use",
                     kept[0] as usize,
