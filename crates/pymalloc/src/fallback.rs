@@ -8,9 +8,13 @@
 //! an address that is in no arena *and* not in the set is still reported as a bad free (and a
 //! fallback block freed twice as well). Release builds keep no record.
 //!
+//! The record also keeps each block's layout size, so that a fallback block freed with the
+//! layout of another class, or with a layout that routes to layer +1, is reported too.
+//!
 //! The set is an open-addressing hash table with linear probing over memory from layer −1
-//! (never from the allocator itself), guarded by the heap lock. Slot values: `EMPTY`, `GONE`
-//! (a tombstone) or a block address (blocks are at least 8-aligned, so neither marker is one).
+//! (never from the allocator itself), guarded by the heap lock. A slot is two words, address
+//! and size; the address word is `EMPTY`, `GONE` (a tombstone) or a block address (blocks are
+//! at least 8-aligned, so neither marker is one).
 //!
 //! # Invariant
 //! `len <= used <= capacity * 3 / 4`, where `len` counts addresses and `used` addresses plus
@@ -28,11 +32,11 @@ const GONE: usize = 1;
 const INITIAL_CAPACITY: usize = 512;
 
 pub(crate) struct FallbackSet {
-    table: *mut usize, // `capacity` slots, or null before the first insert
-    capacity: usize,   // slots, a power of two (0 before the first insert)
-    len: usize,        // addresses recorded
-    used: usize,       // addresses plus tombstones
-    complete: bool,    // every fallback block handed out so far is recorded
+    table: *mut [usize; 2], // `capacity` slots of (address, size), or null before the first
+    capacity: usize,        // slots, a power of two (0 before the first insert)
+    len: usize,             // addresses recorded
+    used: usize,            // addresses plus tombstones
+    complete: bool,         // every fallback block handed out so far is recorded
 }
 
 impl FallbackSet {
@@ -54,10 +58,10 @@ impl FallbackSet {
 
     /// Bytes of address space the table occupies.
     pub(crate) fn bytes(&self) -> usize {
-        self.capacity * size_of::<usize>()
+        self.capacity * size_of::<[usize; 2]>()
     }
 
-    fn slot(&self, i: usize) -> *mut usize {
+    fn slot(&self, i: usize) -> *mut [usize; 2] {
         debug_assert!(i < self.capacity);
         // SAFETY: `i < capacity`, and the table has `capacity` slots.
         unsafe { self.table.add(i) }
@@ -76,7 +80,7 @@ impl FallbackSet {
         let mut i = self.home(addr);
         for _ in 0..self.capacity {
             // SAFETY: `slot` is in the table, which holds initialised words.
-            match unsafe { *self.slot(i) } {
+            match unsafe { (*self.slot(i))[0] } {
                 EMPTY => return None,
                 v if v == addr => return Some(i),
                 _ => i = (i + 1) & (self.capacity - 1),
@@ -85,8 +89,9 @@ impl FallbackSet {
         None
     }
 
-    /// Records fallback block `addr`.
-    pub(crate) fn insert(&mut self, addr: usize) {
+    /// Records fallback block `addr`, allocated (or last reallocated) with a layout of `size`
+    /// bytes.
+    pub(crate) fn insert(&mut self, addr: usize, size: usize) {
         debug_assert!(addr > GONE);
         if !self.complete {
             // Checks are off for good; recording more would only cost time.
@@ -104,11 +109,11 @@ impl FallbackSet {
             // SAFETY: `s` is in the table; at most 3/4 of the slots are taken, so the probe
             // ends.
             unsafe {
-                if *s == EMPTY || *s == GONE {
-                    if *s == EMPTY {
+                if (*s)[0] == EMPTY || (*s)[0] == GONE {
+                    if (*s)[0] == EMPTY {
                         self.used += 1;
                     }
-                    *s = addr;
+                    *s = [addr, size];
                     self.len += 1;
                     return;
                 }
@@ -117,15 +122,20 @@ impl FallbackSet {
         }
     }
 
-    /// Forgets `addr`; returns whether it was recorded.
-    pub(crate) fn remove(&mut self, addr: usize) -> bool {
-        let Some(i) = self.find(addr) else {
-            return false;
-        };
+    /// Forgets `addr`; returns its recorded size, if it was recorded.
+    pub(crate) fn remove(&mut self, addr: usize) -> Option<usize> {
+        let i = self.find(addr)?;
         // SAFETY: `find` returned a slot of the table.
-        unsafe { *self.slot(i) = GONE };
+        let size = unsafe { core::mem::replace(&mut *self.slot(i), [GONE, 0])[1] };
         self.len -= 1;
-        true
+        Some(size)
+    }
+
+    /// The recorded size of `addr`, if it is recorded.
+    pub(crate) fn size_of(&self, addr: usize) -> Option<usize> {
+        let i = self.find(addr)?;
+        // SAFETY: `find` returned a slot of the table.
+        Some(unsafe { (*self.slot(i))[1] })
     }
 
     /// Rehashes into a table sized for the live addresses (twice the old one when it is more
@@ -135,7 +145,7 @@ impl FallbackSet {
         while (self.len + 1) * 4 > capacity {
             capacity *= 2;
         }
-        let Some(fresh) = pymalloc_vmm::map(capacity * size_of::<usize>()) else {
+        let Some(fresh) = pymalloc_vmm::map(capacity * size_of::<[usize; 2]>()) else {
             return false;
         };
         let complete = self.complete;
@@ -152,9 +162,9 @@ impl FallbackSet {
         // A fresh mapping is zero-filled: every slot reads EMPTY.
         for i in 0..old.capacity {
             // SAFETY: `i` is a slot of the old table, still mapped.
-            let v = unsafe { *old.slot(i) };
-            if v > GONE {
-                self.insert(v);
+            let [addr, size] = unsafe { *old.slot(i) };
+            if addr > GONE {
+                self.insert(addr, size);
             }
         }
         old.release();
@@ -174,7 +184,7 @@ impl FallbackSet {
     /// Whether `addr` is recorded.
     #[cfg(test)]
     fn contains(&self, addr: usize) -> bool {
-        self.find(addr).is_some()
+        self.size_of(addr).is_some()
     }
 }
 
@@ -188,7 +198,7 @@ mod tests {
         let n = if cfg!(miri) { 700 } else { 5000 };
         let addr = |i: usize| 0x1000 + i * 48;
         for i in 0..n {
-            s.insert(addr(i));
+            s.insert(addr(i), i + 1);
         }
         assert!(s.is_complete());
         assert!(s.capacity >= n * 4 / 3);
@@ -197,9 +207,10 @@ mod tests {
         }
         assert!(!s.contains(addr(n)));
         for i in (0..n).step_by(2) {
-            assert!(s.remove(addr(i)));
-            assert!(!s.remove(addr(i)), "removed twice");
+            assert_eq!(s.remove(addr(i)), Some(i + 1));
+            assert_eq!(s.remove(addr(i)), None, "removed twice");
         }
+        assert_eq!(s.size_of(addr(1)), Some(2));
         for i in 0..n {
             assert_eq!(s.contains(addr(i)), i % 2 == 1, "{i}");
         }
@@ -208,8 +219,8 @@ mod tests {
         for round in 0..20 {
             for i in 0..n / 2 {
                 let a = addr(n + round * n + i);
-                s.insert(a);
-                assert!(s.remove(a));
+                s.insert(a, 8);
+                assert_eq!(s.remove(a), Some(8));
             }
         }
         assert!(s.capacity <= cap * 2, "{} > 2 * {cap}", s.capacity);

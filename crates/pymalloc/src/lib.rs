@@ -38,9 +38,11 @@
 //! - Blocks of class `i` are `(i + 1) * ALIGNMENT` bytes, `ALIGNMENT`-aligned, inside a pool
 //!   whose header is at `ptr & !(POOL_SIZE - 1)`, inside an `ARENA_SIZE`-aligned arena.
 //! - A block belongs to the `PyMalloc` that allocated it and must be freed there with its
-//!   layout (the `GlobalAlloc` contract). Debug builds verify this on every free (the
-//!   address must be a block of this allocator of the layout's class) and report a bad free
-//!   with the address and the reason, then abort.
+//!   layout (the `GlobalAlloc` contract). Debug builds verify this on every free and realloc
+//!   and report a bad one with the address and the reason, then abort: with a small layout,
+//!   the address must be a block of this allocator of the layout's class (a pool block, or a
+//!   recorded fallback block, see "Departures"); with a layout that routes to layer +1, it must
+//!   be neither. A foreign address freed with such a layout goes to the backend unchecked.
 //! - One lock (a futex mutex that never allocates, see `sync`) guards the heap; it is the only
 //!   lock, so there is no lock order to respect. The arena map is read without it.
 //! - Nothing on these paths allocates, formats into a `String` or panics; failure to map an
@@ -246,7 +248,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         self.fallback.store(true, Relaxed);
         let p = self.alloc_large(layout, zeroed);
         if cfg!(debug_assertions) && !p.is_null() {
-            self.heap.lock().fallbacks.insert(p as usize);
+            self.heap.lock().fallbacks.insert(p as usize, layout.size());
         }
         p
     }
@@ -284,41 +286,72 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     }
 
     /// In debug builds, checks that `ptr`, freed (or reallocated) with a small layout and not in
-    /// any of our arenas, is a live fallback block, and forgets it; otherwise reports the bad
-    /// free and aborts. The check is skipped if the record of fallback blocks could not be kept
-    /// (see `fallback`).
+    /// any of our arenas, is a live fallback block allocated with a layout of the same class,
+    /// and forgets it; otherwise reports the bad free and aborts. An unrecorded address is let
+    /// through only if the record of fallback blocks could not be kept (see `fallback`).
     #[inline(never)]
     fn debug_forget_fallback(&self, ptr: *mut u8, layout: Layout) {
         if !cfg!(debug_assertions) {
             return;
         }
         let mut heap = self.heap.lock();
-        if !heap.fallbacks.remove(ptr as usize) && heap.fallbacks.is_complete() {
-            let c = Corruption {
-                what: "pointer is not inside any arena of this allocator, nor a live block it \
-                       passed to layer +1 when no arena could be mapped",
-                address: ptr as usize,
-                expected: 0,
-                found: 0,
-            };
-            bad_free(ptr, layout, &c);
-        }
+        let (what, expected, found) = match heap.fallbacks.remove(ptr as usize) {
+            Some(size) => {
+                let (was, now) = (
+                    G::size_class(size.max(1)),
+                    G::size_class(layout.size().max(1)),
+                );
+                if was == now {
+                    return;
+                }
+                (
+                    "size class of the layout differs from the fallback block's",
+                    now,
+                    was,
+                )
+            }
+            None if !heap.fallbacks.is_complete() => return,
+            None => (
+                "pointer is not inside any arena of this allocator, nor a live block it passed \
+                 to layer +1 when no arena could be mapped",
+                0,
+                0,
+            ),
+        };
+        let c = Corruption {
+            what,
+            address: ptr as usize,
+            expected,
+            found,
+        };
+        bad_free(ptr, layout, &c);
     }
 
-    /// In debug builds, checks that `ptr`, whose layout routes to the backend, is not a pool
-    /// block (a pool block handed to `free()` would end up in malloc's free lists, and malloc
-    /// would later hand out memory inside our arena); otherwise reports the bad free and aborts.
+    /// In debug builds, checks that `ptr`, whose layout routes to the backend, is not a block
+    /// of a small layout: a pool block (handed to `free()`, it would end up in malloc's free
+    /// lists, and malloc would later hand out memory inside our arena) or a recorded fallback
+    /// block. Otherwise reports the bad free and aborts.
     #[inline(always)]
     fn debug_check_backend_block(&self, ptr: *mut u8, layout: Layout) {
-        if cfg!(debug_assertions) && self.owns(ptr) {
-            let c = Corruption {
-                what: "layout routes to layer +1 but the block is a pool block",
-                address: ptr as usize,
-                expected: 0,
-                found: 0,
-            };
-            bad_free(ptr, layout, &c);
+        if !cfg!(debug_assertions) {
+            return;
         }
+        let what = if self.owns(ptr) {
+            "layout routes to layer +1 but the block is a pool block"
+        } else if self.fallback.load(Relaxed)
+            && self.heap.lock().fallbacks.size_of(ptr as usize).is_some()
+        {
+            "layout routes to layer +1 but the block is a fallback block of a small layout"
+        } else {
+            return;
+        };
+        let c = Corruption {
+            what,
+            address: ptr as usize,
+            expected: 0,
+            found: 0,
+        };
+        bad_free(ptr, layout, &c);
     }
 
     /// In debug builds, verifies that `ptr` is a live-looking block of class `class` of this
@@ -416,9 +449,13 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
             if cfg!(debug_assertions) {
                 // Still a fallback block under a small layout: the old one if the realloc
                 // failed, the new one if its layout stays small.
-                let live = if q.is_null() { ptr } else { q };
+                let (live, size) = if q.is_null() {
+                    (ptr, layout.size())
+                } else {
+                    (q, new_size)
+                };
                 if q.is_null() || new_class.is_some() {
-                    self.heap.lock().fallbacks.insert(live as usize);
+                    self.heap.lock().fallbacks.insert(live as usize, size);
                 }
             }
             return q;

@@ -79,6 +79,8 @@ fn after_fallback(case: &str) {
                 A.dealloc(fb, l(64));
                 A.dealloc(fb, l(64));
             }
+            "wrong-layout-after-fallback" => A.dealloc(fb, l(400)),
+            "routes-to-backend-after-fallback" => A.dealloc(fb, l(600)),
             _ => unreachable!(),
         }
     }
@@ -129,6 +131,14 @@ fn report_bad_frees() {
         ("foreign-after-fallback", not_fallback),
         ("realloc-foreign-after-fallback", not_fallback),
         ("double-after-fallback", not_fallback),
+        (
+            "wrong-layout-after-fallback",
+            "size class of the layout differs from the fallback block's",
+        ),
+        (
+            "routes-to-backend-after-fallback",
+            "layout routes to layer +1 but the block is a fallback block",
+        ),
     ] {
         let (signal, stderr) = run(case);
         assert_eq!(signal, Some(libc::SIGABRT), "{case}: {stderr}");

@@ -2,6 +2,9 @@
 //! a mapping), nothing is lost silently: a wholly free arena stays mapped, usable and counted,
 //! and layer −1 counts every refused unmap.
 //!
+//! Layer −1 counts every refusal, including the trims of an aligned mapping and the unmap of
+//! a dropped `Region`, and keeps the refused ranges in `mapped_bytes`.
+//!
 //! This binary defines its own `munmap`, which the static linker prefers to the C library's
 //! for every call made from the binary. It refuses with `ENOMEM` while the calling thread's
 //! `REFUSE` flag is set and otherwise passes the call to the kernel.
@@ -67,6 +70,41 @@ fn free_all(a: &PyMalloc, blocks: Vec<*mut u8>) {
 fn refused_unmaps_lose_nothing() {
     a_refused_arena_unmap_keeps_the_arena();
     a_refused_unmap_in_page_alloc_is_counted();
+    refused_trims_of_an_aligned_mapping_are_counted();
+    a_refused_unmap_of_a_region_is_counted();
+}
+
+fn refused_trims_of_an_aligned_mapping_are_counted() {
+    let (len, align) = (1 << 20, 1 << 20);
+    let before = pymalloc_vmm::stats();
+    let p = refusing(|| pymalloc_vmm::map_aligned(len, align)).expect("map_aligned");
+    let vm = pymalloc_vmm::stats();
+    // The over-mapping is `align - page` bytes, trimmed from the head, the tail or both: all
+    // of it stays mapped, counted as mapped and as refused.
+    let trimmed = align - pymalloc_vmm::page_size();
+    assert!(vm.failed_unmap_calls > before.failed_unmap_calls);
+    assert_eq!(vm.failed_unmap_bytes, before.failed_unmap_bytes + trimmed);
+    assert_eq!(vm.mapped_bytes, before.mapped_bytes + len + trimmed);
+    // SAFETY: mapped just above with this length, never used.
+    assert!(unsafe { pymalloc_vmm::unmap(p, len) });
+}
+
+fn a_refused_unmap_of_a_region_is_counted() {
+    let r = pymalloc_vmm::Region::new(1 << 20).unwrap();
+    let before = pymalloc_vmm::stats();
+    refusing(|| drop(r));
+    let vm = pymalloc_vmm::stats();
+    assert_eq!(
+        (vm.failed_unmap_calls, vm.failed_unmap_bytes),
+        (
+            before.failed_unmap_calls + 1,
+            before.failed_unmap_bytes + (1 << 20)
+        )
+    );
+    assert_eq!(
+        vm.mapped_bytes, before.mapped_bytes,
+        "still mapped, still counted"
+    );
 }
 
 fn a_refused_arena_unmap_keeps_the_arena() {

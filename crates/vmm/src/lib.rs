@@ -99,8 +99,13 @@ pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
         return None;
     }
     let len = round_to_pages(len)?;
-    let start = sys::map_aligned(len, align)?;
+    let (start, refused) = sys::map_aligned(len, align)?;
     COUNTERS.record_map(len);
+    if refused.calls != 0 {
+        // Trims the kernel refused stay mapped: count them as mapped, and as refused unmaps.
+        COUNTERS.record_grow(refused.bytes);
+        COUNTERS.record_refused(refused.calls, refused.bytes);
+    }
     Some(start)
 }
 
@@ -121,8 +126,7 @@ pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> bool {
     if ok {
         COUNTERS.record_unmap(len);
     } else {
-        COUNTERS.failed_unmap_calls.fetch_add(1, Relaxed);
-        COUNTERS.failed_unmap_bytes.fetch_add(len, Relaxed);
+        COUNTERS.record_refused(1, len);
     }
     ok
 }
@@ -223,9 +227,10 @@ pub struct VmStats {
     pub recommit_calls: usize,
     /// Successful [`remap`] calls.
     pub remap_calls: usize,
-    /// [`unmap`] calls the kernel refused; their ranges are still mapped.
+    /// Unmaps the kernel refused: [`unmap`] calls, the trims of [`map_aligned`]'s over-mapping
+    /// and [`Region`]s dropped. Their ranges are still mapped (and counted in `mapped_bytes`).
     pub failed_unmap_calls: usize,
-    /// Bytes passed to refused [`unmap`] calls (a running total).
+    /// Bytes those refused unmaps left mapped (a running total).
     pub failed_unmap_bytes: usize,
 }
 
@@ -293,6 +298,11 @@ impl Counters {
     fn record_unmap(&self, len: usize) {
         self.unmap_calls.fetch_add(1, Relaxed);
         self.mapped.fetch_sub(len, Relaxed);
+    }
+
+    fn record_refused(&self, calls: usize, len: usize) {
+        self.failed_unmap_calls.fetch_add(calls, Relaxed);
+        self.failed_unmap_bytes.fetch_add(len, Relaxed);
     }
 }
 

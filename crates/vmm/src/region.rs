@@ -1,5 +1,6 @@
 //! [`Region`]: an owned anonymous mapping, unmapped when dropped.
 
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use std::io;
 
@@ -18,7 +19,7 @@ use crate::{COUNTERS, page_size, round_to_pages};
 /// ```
 #[derive(Debug)]
 pub struct Region {
-    map: memmap2::MmapMut, // owns the mapping; len is a whole number of pages
+    map: ManuallyDrop<memmap2::MmapMut>, // owns the mapping; len is a whole number of pages
 }
 
 impl Region {
@@ -32,7 +33,9 @@ impl Region {
             .ok_or(io::ErrorKind::InvalidInput)?;
         let map = memmap2::MmapOptions::new().len(len).map_anon()?;
         COUNTERS.record_map(len);
-        Ok(Self { map })
+        Ok(Self {
+            map: ManuallyDrop::new(map),
+        })
     }
 
     /// Length in bytes (a multiple of [`page_size`]).
@@ -71,8 +74,19 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // memmap2 unmaps in its own Drop, which runs right after this.
-        COUNTERS.record_unmap(self.map.len());
+        // Unmapped here rather than by memmap2's Drop, which ignores a refusal: a refused
+        // unmap is counted and the range stays counted as mapped. The `MmapMut` itself is then
+        // forgotten (it owns nothing else). `munmap` itself, not `sys::unmap`: memmap2 mapped
+        // the region with `mmap` even under Miri, where `sys` emulates mappings.
+        let len = self.map.len();
+        let ptr = NonNull::from(&mut **self.map).cast::<libc::c_void>();
+        // SAFETY: the region is a whole mapping of `len` bytes made by memmap2 with `mmap`,
+        // nothing borrows it (`&mut self`), and the `MmapMut` is never used or dropped again.
+        if unsafe { libc::munmap(ptr.as_ptr(), len) } == 0 {
+            COUNTERS.record_unmap(len);
+        } else {
+            COUNTERS.record_refused(1, len);
+        }
     }
 }
 

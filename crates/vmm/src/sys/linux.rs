@@ -3,6 +3,8 @@
 
 use core::ptr::{NonNull, null_mut};
 
+use super::Trims;
+
 pub(crate) fn query_page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -35,25 +37,27 @@ pub(crate) fn map(len: usize) -> Option<NonNull<u8>> {
 }
 
 /// Maps `len` bytes (whole pages) aligned to `align` (a power of two above the page size):
-/// over-maps by `align - page` bytes and unmaps the unaligned head and the tail.
-pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
+/// over-maps by `align - page` bytes and unmaps the unaligned head and the tail. Returns the
+/// aligned start and the trims the kernel refused to unmap (count, bytes): those stay mapped,
+/// unused, and the caller accounts for them.
+pub(crate) fn map_aligned(len: usize, align: usize) -> Option<(NonNull<u8>, Trims)> {
     let page = query_page_size();
     let total = len.checked_add(align - page)?;
     let raw = map(total)?.as_ptr();
     let start = raw.map_addr(|a| (a + (align - 1)) & !(align - 1));
     let head = start as usize - raw as usize;
     let tail = total - head - len;
-    // The trimmed pieces were never handed out: failing to unmap them only leaks address
-    // space, so the results are ignored deliberately.
-    if head != 0 {
-        // SAFETY: [raw, raw + head) is the unaligned head of the mapping made just above.
-        unsafe { unmap(raw, head) };
+    let mut refused = Trims::default();
+    // SAFETY: [raw, raw + head) is the unaligned head of the mapping made just above, never
+    // handed out.
+    if head != 0 && !unsafe { unmap(raw, head) } {
+        refused.add(head);
     }
-    if tail != 0 {
-        // SAFETY: [start + len, raw + total) is the tail of that same mapping, also unused.
-        unsafe { unmap(start.add(len), tail) };
+    // SAFETY: [start + len, raw + total) is the tail of that same mapping, also unused.
+    if tail != 0 && !unsafe { unmap(start.add(len), tail) } {
+        refused.add(tail);
     }
-    NonNull::new(start)
+    Some((NonNull::new(start)?, refused))
 }
 
 /// # Safety

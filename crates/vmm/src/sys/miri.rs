@@ -63,8 +63,8 @@ pub(crate) fn map(len: usize) -> Option<NonNull<u8>> {
 }
 
 /// Under Miri an aligned mapping is allocated aligned directly (no over-map and trim).
-pub(crate) fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
-    alloc_mapping(len, align)
+pub(crate) fn map_aligned(len: usize, align: usize) -> Option<(NonNull<u8>, super::Trims)> {
+    Some((alloc_mapping(len, align)?, super::Trims::default()))
 }
 
 /// # Safety

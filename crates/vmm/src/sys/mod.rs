@@ -17,3 +17,18 @@ pub(crate) use miri::*;
 
 #[cfg(not(any(target_os = "linux", miri)))]
 compile_error!("pymalloc-vmm supports Linux only for now: add a `sys` module for this platform");
+
+/// Pieces of an over-mapping that `map_aligned` failed to trim: still mapped, never used.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Trims {
+    pub(crate) calls: usize, // refused unmaps
+    pub(crate) bytes: usize, // bytes they left mapped
+}
+
+impl Trims {
+    #[cfg_attr(miri, allow(dead_code))]
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.calls += 1;
+        self.bytes += bytes;
+    }
+}
