@@ -23,8 +23,9 @@ pub struct Outcome {
 /// frees it: the RSS is read there, and the live bytes recorded if the workload knows them.
 #[derive(Debug, Default)]
 pub struct Probe {
-    rss_live: Option<usize>, // bytes
-    live_bytes: Option<u64>, // bytes requested by the live set, if known
+    rss_live: Option<usize>,  // bytes
+    live_bytes: Option<u64>,  // bytes requested by the live set, if known
+    rss_freed: Option<usize>, // bytes, if the workload marks its own "after free" point
 }
 
 impl Probe {
@@ -32,6 +33,12 @@ impl Probe {
     pub fn live(&mut self, live_bytes: Option<u64>) {
         self.rss_live = pymalloc_vmm::resident_bytes();
         self.live_bytes = live_bytes;
+    }
+
+    /// Records the RSS now as the "after free" figure, for a workload whose free phase ends
+    /// with some objects still alive; otherwise it is read after the workload returns.
+    pub fn freed(&mut self) {
+        self.rss_freed = pymalloc_vmm::resident_bytes();
     }
 }
 
@@ -161,7 +168,10 @@ pub fn run(
     let outcome = f(&mut probe);
     let wall_s = t0.elapsed().as_secs_f64();
     let (cpu1, peak_rss_kib) = rusage();
-    let rss_freed = pymalloc_vmm::resident_bytes().unwrap_or(0);
+    let rss_freed = probe
+        .rss_freed
+        .or_else(pymalloc_vmm::resident_bytes)
+        .unwrap_or(0);
     Record {
         workload: workload.to_string(),
         alloc: alloc.to_string(),

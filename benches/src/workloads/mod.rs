@@ -8,6 +8,7 @@
 mod cache;
 mod churn;
 mod collections;
+mod fragment;
 mod json;
 mod larson;
 mod memory;
@@ -96,6 +97,11 @@ pub const ALL: &[Workload] = &[
         name: "py-churn",
         stresses: "Python-like objects: 16-64 B boxed nodes with random lifetimes",
         run: churn::run,
+    },
+    Workload {
+        name: "fragment",
+        stresses: "RSS: threads build a live set, free it oldest first but one object in 4096; RSS read with those few left in every region",
+        run: fragment::run,
     },
     Workload {
         name: "memory",
