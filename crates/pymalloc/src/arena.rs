@@ -7,17 +7,23 @@
 //! safe because everything refers to entries by index.
 //!
 //! Pools are carved from the arena in address order on first need (`pool_address` is the next
-//! never-used pool); pools that have been used and emptied go on the arena's `freepools` list.
+//! never-used pool); pools that have been used and emptied go on the arena's `freepools` list,
+//! with their pages still committed ("dirty"). When the heap decides so, every pool on that list
+//! is decommitted whole (header included) and moves to the arena's `decommitted` bitmap, one bit
+//! per pool: its header is gone, so the bitmap, not a link in the pool, says it is free.
+//! `take_pool` prefers a dirty pool (no page faults, and one that last held the same class
+//! skips initialisation), then a decommitted one, then a virgin one.
 //!
 //! # Invariant
 //! For a live arena (`address != null`):
-//! `nfreepools == |freepools| + (address + ARENA_SIZE - pool_address) / POOL_SIZE`,
-//! `ntotalpools == MAX_POOLS_IN_ARENA` (no pool is lost to alignment: arenas are mapped
-//! `ARENA_SIZE`-aligned), and every pool on `freepools` has `count == 0`.
+//! `nfreepools == |freepools| + popcount(decommitted) + (address + ARENA_SIZE - pool_address) /
+//! POOL_SIZE`, `ndirty == |freepools|`, `ntotalpools == MAX_POOLS_IN_ARENA` (no pool is lost to
+//! alignment: arenas are mapped `ARENA_SIZE`-aligned), every pool on `freepools` has
+//! `count == 0`, and every decommitted pool is carved and on no list.
 
 use core::ptr::{self, NonNull};
 
-use crate::geometry::{Geometry, GeometryExt};
+use crate::geometry::{Geometry, GeometryExt, MAX_POOLS_PER_ARENA};
 use crate::pool::{DUMMY_SIZE_IDX, PoolHeader};
 
 /// "No arena" in index-linked lists.
@@ -30,6 +36,8 @@ pub(crate) struct ArenaObject {
     pub(crate) freepools: *mut PoolHeader, // emptied pools, linked through `nextpool`
     pub(crate) nfreepools: u32,  // pools: |freepools| + never-used pools
     pub(crate) ntotalpools: u32, // pools in the arena
+    pub(crate) ndirty: u32,      // pools on `freepools` (pages committed)
+    pub(crate) decommitted: [u64; MAX_POOLS_PER_ARENA / 64], // bit k: pool k is free, decommitted
     pub(crate) nextarena: u32,   // index: next in usable_arenas / unused slots list
     pub(crate) prevarena: u32,   // index: previous in usable_arenas
 }
@@ -41,6 +49,8 @@ impl ArenaObject {
         freepools: ptr::null_mut(),
         nfreepools: 0,
         ntotalpools: 0,
+        ndirty: 0,
+        decommitted: [0; MAX_POOLS_PER_ARENA / 64],
         nextarena: NONE,
         prevarena: NONE,
     };
@@ -57,19 +67,73 @@ impl ArenaObject {
         if !pool.is_null() {
             // SAFETY: pools on `freepools` are initialised headers inside this arena.
             self.freepools = unsafe { (*pool).nextpool };
+            self.ndirty -= 1;
             return pool;
         }
-        let pool: *mut PoolHeader = self.pool_address.cast();
-        // SAFETY: nfreepools > 0 with an empty free list means never-used pools remain, so
-        // `pool_address` is a pool-aligned address inside the arena.
+        let pool: *mut PoolHeader = if let Some(k) = self.first_decommitted() {
+            self.decommitted[k / 64] &= !(1 << (k % 64));
+            self.address.wrapping_add(k * G::POOL_SIZE).cast()
+        } else {
+            let p = self.pool_address;
+            self.pool_address = self.pool_address.wrapping_add(G::POOL_SIZE);
+            p.cast()
+        };
+        // SAFETY: `pool` is a carved-and-decommitted pool or, nfreepools being > 0 with no
+        // other free pool, the next never-used one: a pool-aligned pool inside the arena that
+        // nobody uses. Either way its header is written from scratch (a decommitted pool's reads
+        // as zero).
         unsafe {
-            self.pool_address = self.pool_address.add(G::POOL_SIZE);
             (*pool).arenaindex = index;
             (*pool).szidx = DUMMY_SIZE_IDX;
             (*pool).owner = 0;
             (*pool).remote_free = ptr::null_mut();
         }
         pool
+    }
+
+    /// The lowest-numbered decommitted pool, if any.
+    fn first_decommitted(&self) -> Option<usize> {
+        let w = self.decommitted.iter().position(|&w| w != 0)?;
+        Some(w * 64 + self.decommitted[w].trailing_zeros() as usize)
+    }
+
+    /// Whether the pool at `pool` is decommitted (its header is not to be read as one).
+    pub(crate) fn is_decommitted<G: Geometry>(&self, pool: *const PoolHeader) -> bool {
+        let k = (pool as usize - self.address as usize) / G::POOL_SIZE;
+        self.decommitted[k / 64] & (1 << (k % 64)) != 0
+    }
+
+    /// Decommitted pools.
+    pub(crate) fn decommitted_pools(&self) -> usize {
+        self.decommitted
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum()
+    }
+
+    /// Gives every pool on the free list back to the OS, whole (`madvise(MADV_DONTNEED)`
+    /// through layer −1), and records it in the `decommitted` bitmap. Returns how many.
+    ///
+    /// # Safety
+    /// The arena is live.
+    pub(crate) unsafe fn decommit_free_pools<G: Geometry>(&mut self) -> usize {
+        let mut n = 0;
+        let mut pool = self.freepools;
+        while !pool.is_null() {
+            // SAFETY: pools on `freepools` are initialised headers of this arena holding no live
+            // block; the link is read before the pool's pages go.
+            let next = unsafe { (*pool).nextpool };
+            let k = (pool as usize - self.address as usize) / G::POOL_SIZE;
+            // SAFETY: the whole pool lies in this mapped arena and nothing in it is needed any
+            // more: from now on only the bitmap says it exists.
+            unsafe { pymalloc_vmm::decommit(NonNull::new_unchecked(pool.cast()), G::POOL_SIZE) };
+            self.decommitted[k / 64] |= 1 << (k % 64);
+            n += 1;
+            pool = next;
+        }
+        self.freepools = ptr::null_mut();
+        self.ndirty = 0;
+        n
     }
 
     /// Puts an emptied pool back on this arena's free list.
@@ -81,6 +145,7 @@ impl ArenaObject {
         unsafe { (*pool).nextpool = self.freepools };
         self.freepools = pool;
         self.nfreepools += 1;
+        self.ndirty += 1;
     }
 
     /// Pools never carved yet.

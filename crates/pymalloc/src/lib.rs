@@ -187,7 +187,8 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// (kept so that allocating and freeing one block at a time does not move a pool to its
     /// arena and back on every pair; only ever kept in an arena that also holds live blocks)
     /// and the one wholly free arena kept against mapping and unmapping an arena in a loop.
-    /// Wholly free arenas go back to the OS. Returns how many arenas were released.
+    /// Wholly free arenas go back to the OS, and the free pools of the arenas that stay give
+    /// their pages back (`madvise`). Returns how many arenas were released.
     ///
     /// Without it, a program that frees everything keeps at most that one arena mapped.
     pub fn trim(&self) -> usize {

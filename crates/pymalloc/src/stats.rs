@@ -49,6 +49,9 @@ pub struct Stats {
     /// when unmapping splits a mapping). Each such arena was kept, wholly free and usable, so
     /// it is still counted in `arenas_current`.
     pub arena_unmap_failures: usize,
+    /// Free pools whose pages (all but the header's) were given back to the OS inside a live
+    /// arena (a running total; see the heap's docs on decommitting).
+    pub pools_decommitted: usize,
     /// Most arenas mapped at once. CPython: `narenas_highwater`.
     pub arenas_highwater: usize,
     /// Arenas mapped now. CPython: `narenas_currently_allocated`.
@@ -97,6 +100,7 @@ impl Stats {
             arenas_allocated_total: 0,
             arenas_reclaimed: 0,
             arena_unmap_failures: 0,
+            pools_decommitted: 0,
             arenas_highwater: 0,
             arenas_current: 0,
             bytes_in_allocated_blocks: 0,
@@ -136,6 +140,7 @@ impl Stats {
         self.arenas_allocated_total += other.arenas_allocated_total;
         self.arenas_reclaimed += other.arenas_reclaimed;
         self.arena_unmap_failures += other.arena_unmap_failures;
+        self.pools_decommitted += other.pools_decommitted;
         self.arenas_highwater += other.arenas_highwater;
         self.arenas_current += other.arenas_current;
         self.bytes_in_allocated_blocks += other.bytes_in_allocated_blocks;
@@ -291,6 +296,11 @@ impl fmt::Display for Stats {
             f,
             format_args!("# arena unmaps refused by the OS"),
             self.arena_unmap_failures,
+        )?;
+        line(
+            f,
+            format_args!("# free pools decommitted"),
+            self.pools_decommitted,
         )?;
         writeln!(f)?;
         writeln!(

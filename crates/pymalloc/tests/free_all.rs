@@ -1,6 +1,7 @@
 //! After everything is freed, at most one wholly free arena stays mapped (CPython's rule,
 //! bpo-37257), without calling `trim()`: the empty pool a class keeps for the next allocation
-//! never pins its arena. Checked with `stats()`, with layer −1's count of mapped bytes and with
+//! never pins its arena. And when a few blocks survive in every arena, the pages of the free
+//! pools around them go back to the OS. Checked with `stats()`, with layer −1's count of mapped bytes and with
 //! the process's resident set, so this binary holds a single test and nothing else runs beside
 //! it.
 
@@ -106,4 +107,52 @@ fn a_free_all_returns_every_arena_but_one_without_trim() {
     }
     assert!(a.stats().arenas_current >= Py310::NB_SMALL_SIZE_CLASSES);
     free_all_and_check(&a, &mut live, "one arena per class", base);
+
+    // 3. A few blocks survive in every arena: no arena can go back to the OS, but the pages of
+    //    its free pools can.
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for _ in 0..400_000 {
+        let l = Layout::from_size_align(16 + rng.below(241), 8).unwrap();
+        // SAFETY: a valid, non-zero layout.
+        let p = unsafe { a.alloc(l) };
+        assert!(!p.is_null());
+        // SAFETY: the block has at least 16 bytes; touching them makes its page resident.
+        unsafe { p.write_bytes(1, 16) };
+        live.push((p, l));
+    }
+    let peak = a.stats();
+    let rss_peak = rss();
+    let mut kept = Vec::new();
+    for (i, (p, l)) in live.drain(..).enumerate() {
+        if i % 4096 == 4095 {
+            kept.push((p, l));
+        } else {
+            // SAFETY: each block is live and freed once with its layout.
+            unsafe { a.dealloc(p, l) };
+        }
+    }
+    let s = a.stats();
+    let rss_after = rss();
+    eprintln!(
+        "one block in 4096 kept: {} arenas, {} MiB resident at peak; {} arenas, {} MiB after, \
+         {} pools decommitted",
+        peak.arenas_current,
+        rss_peak / MIB,
+        s.arenas_current,
+        rss_after / MIB,
+        s.pools_decommitted
+    );
+    assert!(s.pools_decommitted > 0);
+    // Every pool but the kept blocks' is free; all but a batch per arena (a quarter of it)
+    // has given its pages back except each pool's first (a quarter of a 16 KiB pool).
+    let grown = rss_peak - base;
+    assert!(
+        rss_after - base < grown / 2,
+        "{} KiB of the {} KiB the live set added stay resident",
+        (rss_after - base) / 1024,
+        grown / 1024
+    );
+    a.check_invariants().unwrap();
+    live.append(&mut kept);
+    free_all_and_check(&a, &mut live, "the kept blocks too", base);
 }

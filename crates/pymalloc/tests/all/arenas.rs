@@ -167,7 +167,7 @@ fn a_lone_alloc_free_pair_keeps_its_pool() {
     a.trim();
     assert_eq!(a.stats().classes()[2].pools, 0);
     a.check_invariants().unwrap();
-    // ... which gives it back to the same class without re-initialising it.
+    // ... and gives its pages back; the class gets the same pool again, re-initialised.
     let r = alloc_checked(&*a, l);
     assert_eq!(r, p);
     // SAFETY: live blocks freed once.
