@@ -114,26 +114,50 @@ impl ArenaObject {
     /// Gives every pool on the free list back to the OS, whole (`madvise(MADV_DONTNEED)`
     /// through layer −1), and records it in the `decommitted` bitmap. Returns how many.
     ///
+    /// `page` is the OS page size. Pools smaller than a page are never decommitted: the kernel
+    /// works in whole pages, so the call would take the neighbouring pools' pages too (or be
+    /// refused). A pool the kernel refuses to decommit stays on the free list, dirty.
+    ///
     /// # Safety
     /// The arena is live.
-    pub(crate) unsafe fn decommit_free_pools<G: Geometry>(&mut self) -> usize {
-        let mut n = 0;
+    pub(crate) unsafe fn decommit_free_pools<G: Geometry>(&mut self, page: usize) -> usize {
+        if G::POOL_SIZE < page {
+            return 0;
+        }
+        let (mut n, mut kept, mut nkept) = (0, ptr::null_mut::<PoolHeader>(), 0);
         let mut pool = self.freepools;
         while !pool.is_null() {
             // SAFETY: pools on `freepools` are initialised headers of this arena holding no live
             // block; the link is read before the pool's pages go.
             let next = unsafe { (*pool).nextpool };
             let k = (pool as usize - self.address as usize) / G::POOL_SIZE;
-            // SAFETY: the whole pool lies in this mapped arena and nothing in it is needed any
-            // more: from now on only the bitmap says it exists.
-            unsafe { pymalloc_vmm::decommit(NonNull::new_unchecked(pool.cast()), G::POOL_SIZE) };
-            self.decommitted[k / 64] |= 1 << (k % 64);
-            n += 1;
+            // SAFETY: the pool is whole pages (POOL_SIZE is a multiple of the page size, both
+            // powers of two, and pools are POOL_SIZE-aligned) inside this mapped arena, and
+            // nothing in it is needed any more: from now on only the bitmap says it exists.
+            if unsafe { pymalloc_vmm::decommit(NonNull::new_unchecked(pool.cast()), G::POOL_SIZE) }
+            {
+                self.decommitted[k / 64] |= 1 << (k % 64);
+                n += 1;
+            } else {
+                // SAFETY: refused, the pool is untouched; it goes back on the (new) free list.
+                unsafe { (*pool).nextpool = kept };
+                kept = pool;
+                nkept += 1;
+            }
             pool = next;
         }
-        self.freepools = ptr::null_mut();
-        self.ndirty = 0;
+        self.freepools = kept;
+        self.ndirty = nkept;
         n
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(address: *mut u8) -> Self {
+        Self {
+            address,
+            pool_address: address,
+            ..Self::EMPTY
+        }
     }
 
     /// Puts an emptied pool back on this arena's free list.
@@ -237,5 +261,48 @@ impl ArenaTable {
         }
         self.ptr = ptr::null_mut();
         self.cap = 0;
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::geometry::Py310;
+
+    /// A free pool is decommitted only when a pool is at least an OS page: with pages larger
+    /// than pools, `madvise` would zero the live pools that share the free pool's page.
+    #[test]
+    fn pools_smaller_than_a_page_are_not_decommitted() {
+        let base = pymalloc_vmm::map_aligned(Py310::ARENA_SIZE, Py310::ARENA_SIZE).unwrap();
+        let mut a = ArenaObject::for_tests(base.as_ptr());
+        a.nfreepools = Py310::MAX_POOLS_IN_ARENA as u32;
+        // SAFETY: the arena is mapped and ours; pools are taken, written and given back as the
+        // heap would.
+        unsafe {
+            let free = a.take_pool::<Py310>(0);
+            let live = a.take_pool::<Py310>(0);
+            (*free).count = 0;
+            let live_bytes = live.cast::<u8>().add(Py310::POOL_OVERHEAD);
+            live_bytes.write_bytes(0xCD, Py310::POOL_SIZE - Py310::POOL_OVERHEAD);
+            a.give_pool(free);
+            // A 64 KiB page would cover both pools (and two more): nothing happens.
+            assert_eq!(a.decommit_free_pools::<Py310>(4 * Py310::POOL_SIZE), 0);
+            assert_eq!((a.ndirty, a.freepools, a.decommitted_pools()), (1, free, 0));
+            // With the machine's own pages, the free pool goes, and only it.
+            assert_eq!(a.decommit_free_pools::<Py310>(pymalloc_vmm::page_size()), 1);
+            assert_eq!((a.ndirty, a.decommitted_pools()), (0, 1));
+            assert!(a.is_decommitted::<Py310>(free) && !a.is_decommitted::<Py310>(live));
+            let n = Py310::POOL_SIZE - Py310::POOL_OVERHEAD;
+            assert!(
+                core::slice::from_raw_parts(live_bytes, n)
+                    .iter()
+                    .all(|&b| b == 0xCD)
+            );
+            // It is taken again before any virgin pool, with a fresh header.
+            let again = a.take_pool::<Py310>(0);
+            assert_eq!((again, (*again).szidx), (free, DUMMY_SIZE_IDX));
+            assert_eq!(a.decommitted_pools(), 0);
+            pymalloc_vmm::unmap(base, Py310::ARENA_SIZE);
+        }
     }
 }

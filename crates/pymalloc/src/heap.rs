@@ -57,7 +57,9 @@
 //! pools freed into that arena, and the pools most recently freed are reused first (the free
 //! list is LIFO), so a short free/refill cycle reuses dirty pools without touching the kernel.
 //! The cost when it does happen is one `madvise` per pool and, on reuse, the zero-fill faults
-//! of its pages: the same as a virgin pool's.
+//! of its pages: the same as a virgin pool's. On a kernel whose pages are larger than a pool
+//! (64 KiB pages under 16 KiB pools, say) nothing is decommitted: `madvise` works in whole
+//! pages and would take live neighbouring pools with it.
 //!
 //! # Invariants (checked by [`Heap::check_invariants`])
 //! - Every pool in `usedpools[i]` has `szidx == i` and `count < capacity`; `count == 0` only
@@ -520,7 +522,8 @@ impl<G: Geometry> Heap<G> {
         let a = self.arenas.get_mut(ai);
         if !a.address.is_null() && a.ndirty as usize >= Self::DECOMMIT_BATCH {
             // SAFETY: the arena is live.
-            self.pools_decommitted += unsafe { a.decommit_free_pools::<G>() };
+            self.pools_decommitted +=
+                unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
         }
     }
 
@@ -654,7 +657,8 @@ impl<G: Geometry> Heap<G> {
             let a = self.arenas.get_mut(ai);
             if !a.address.is_null() && a.ndirty != 0 {
                 // SAFETY: the arena is live.
-                self.pools_decommitted += unsafe { a.decommit_free_pools::<G>() };
+                self.pools_decommitted +=
+                    unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
             }
         }
         // Counted as the change in live arenas: the first loop may release arenas too.

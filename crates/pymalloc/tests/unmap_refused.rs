@@ -5,9 +5,11 @@
 //! Layer −1 counts every refusal, including the trims of an aligned mapping and the unmap of
 //! a dropped `Region`, and keeps the refused ranges in `mapped_bytes`.
 //!
-//! This binary defines its own `munmap`, which the static linker prefers to the C library's
-//! for every call made from the binary. It refuses with `ENOMEM` while the calling thread's
-//! `REFUSE` flag is set and otherwise passes the call to the kernel.
+//! A free pool the kernel refuses to decommit stays a dirty free pool.
+//!
+//! This binary defines its own `munmap` and `madvise`, which the static linker prefers to the
+//! C library's for every call made from the binary. They refuse while the calling thread's flag
+//! is set (`REFUSE`, `REFUSE_MADVISE`) and otherwise pass the call to the kernel.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
@@ -33,6 +35,29 @@ pub unsafe extern "C" fn munmap(addr: *mut libc::c_void, len: libc::size_t) -> l
     }
     // SAFETY: forwarded unchanged from our caller, who upholds munmap's contract.
     unsafe { libc::syscall(libc::SYS_munmap, addr, len) as libc::c_int }
+}
+
+thread_local! {
+    static REFUSE_MADVISE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The process's `madvise`: refuses with `EINVAL` while this thread's `REFUSE_MADVISE` is set.
+///
+/// # Safety
+/// As `madvise(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn madvise(
+    addr: *mut libc::c_void,
+    len: libc::size_t,
+    advice: libc::c_int,
+) -> libc::c_int {
+    if REFUSE_MADVISE.with(Cell::get) {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return -1;
+    }
+    // SAFETY: forwarded unchanged from our caller, who upholds madvise's contract.
+    unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) as libc::c_int }
 }
 
 fn refusing<T>(f: impl FnOnce() -> T) -> T {
@@ -72,6 +97,35 @@ fn refused_unmaps_lose_nothing() {
     a_refused_unmap_in_page_alloc_is_counted();
     refused_trims_of_an_aligned_mapping_are_counted();
     a_refused_unmap_of_a_region_is_counted();
+    a_refused_decommit_keeps_the_pools_dirty();
+}
+
+/// `trim()` decommits the free pools of the arenas that stay; a pool the kernel refuses to
+/// decommit stays a usable free pool and is not counted as decommitted.
+fn a_refused_decommit_keeps_the_pools_dirty() {
+    let a = PyMalloc::new();
+    let keep = fill_one_arena(&a);
+    let mut blocks = fill_one_arena(&a);
+    // Free all but the first pool's worth of the second arena: 63 free pools, arena pinned.
+    let per_pool = Py310::blocks_per_pool(Py310::NB_SMALL_SIZE_CLASSES - 1);
+    let rest = blocks.split_off(per_pool);
+    REFUSE_MADVISE.with(|r| r.set(true));
+    free_all(&a, rest);
+    a.trim();
+    REFUSE_MADVISE.with(|r| r.set(false));
+    let s = a.stats();
+    assert_eq!(s.pools_decommitted, 0, "nothing was decommitted");
+    a.check_invariants().unwrap();
+    // The pools are still there to use, and the kernel is willing again.
+    let again = fill_one_arena(&a);
+    a.check_invariants().unwrap();
+    free_all(&a, again);
+    a.trim();
+    assert!(a.stats().pools_decommitted > 0);
+    a.check_invariants().unwrap();
+    free_all(&a, blocks);
+    free_all(&a, keep);
+    assert_eq!(a.stats().blocks_in_use(), 0);
 }
 
 fn refused_trims_of_an_aligned_mapping_are_counted() {
