@@ -67,6 +67,8 @@
 //! - An arena holding a kept empty pool also holds a pool with live blocks, or is the only
 //!   arena.
 //! - Every pool obeys `count + |free list| + virgin == capacity` (see [`crate::pool`]).
+//! - A carved pool with no live block is on its arena's free list, decommitted, or its class's
+//!   kept pool.
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
 //! - Every live arena is registered in the arena map under its index.
@@ -891,9 +893,14 @@ impl<G: Geometry> Heap<G> {
                 );
             }
             let mut free = 0;
+            let mut on_freepools = [0u64; MAX_POOLS_PER_ARENA / 64]; // bit k: pool k
             let mut fp = a.freepools;
             while !fp.is_null() {
                 free += 1;
+                let k = (fp as usize).wrapping_sub(base) / G::POOL_SIZE;
+                if k < MAX_POOLS_PER_ARENA {
+                    on_freepools[k / 64] |= 1 << (k % 64);
+                }
                 // SAFETY: pools on freepools are initialised headers.
                 let h = unsafe { &*fp };
                 if h.count != 0 || h.arenaindex != ai {
@@ -940,6 +947,14 @@ impl<G: Geometry> Heap<G> {
             for pool in Self::carved_pools(a) {
                 // SAFETY: carved pools have initialised headers.
                 let h = unsafe { &*pool };
+                let k = (pool as usize - base) / G::POOL_SIZE;
+                let kept = (h.szidx as usize) < G::NB_SMALL_SIZE_CLASSES
+                    && self.usedpools[h.szidx as usize] == pool;
+                if h.count == 0 && on_freepools[k / 64] & (1 << (k % 64)) == 0 && !kept {
+                    // Lost to every list: nothing would ever hand its blocks out again (or a
+                    // full pool's header was overwritten with zeros).
+                    return fail("pool with no live block on no list", pool as usize, 0, 0);
+                }
                 if h.arenaindex != ai {
                     return fail(
                         "pool arena index",
