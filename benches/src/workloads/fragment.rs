@@ -7,8 +7,7 @@
 
 use std::sync::Mutex;
 
-use super::{Block, Params, parallel};
-use crate::Rng;
+use super::{Params, live_set, parallel};
 use crate::measure::{Outcome, Probe};
 
 /// One survivor per this many objects: with sizes averaging 136 B, about two per MiB.
@@ -16,22 +15,7 @@ const KEEP: u64 = 4096;
 
 pub(crate) fn run(p: &Params, probe: &mut Probe) -> Outcome {
     let target = p.scaled(128 << 20, 64 << 10) / p.threads; // bytes per thread
-    let sets = parallel(p.threads, |t| {
-        let mut rng = Rng::new(t as u64 + 4242);
-        let mut bytes = 0u64;
-        let mut set = Vec::new();
-        let mut k = 0u64;
-        while bytes < target as u64 {
-            let size = rng.range(16, 256);
-            bytes += size as u64;
-            set.push((
-                Block::new(size, ((t as u64) << 40) | k),
-                ((t as u64) << 40) | k,
-            ));
-            k += 1;
-        }
-        (set, bytes)
-    });
+    let sets = parallel(p.threads, |t| live_set(t, t as u64 + 4242, target, 16, 256));
     let live: u64 = sets.iter().map(|s| s.1).sum();
     let objects: u64 = sets.iter().map(|s| s.0.len() as u64).sum();
     probe.live(Some(live));

@@ -4,25 +4,14 @@
 //! point over the live bytes is the allocator's space overhead; RSS after the free phase is
 //! what it keeps from the OS.
 
-use super::{Block, Params, parallel};
+use super::{Params, live_set, parallel};
 use crate::Rng;
 use crate::measure::{Outcome, Probe};
 
 pub(crate) fn run(p: &Params, probe: &mut Probe) -> Outcome {
     let target = p.scaled(192 << 20, 64 << 10) / p.threads; // bytes per thread
     let mut sets = parallel(p.threads, |t| {
-        let mut rng = Rng::new(t as u64 + 31337);
-        let mut bytes = 0u64;
-        let mut set = Vec::new();
-        let mut k = 0u64;
-        while bytes < target as u64 {
-            let size = rng.range(16, 128);
-            bytes += size as u64;
-            let tag = ((t as u64) << 40) | k;
-            k += 1;
-            set.push((Block::new(size, tag), tag));
-        }
-        (set, bytes)
+        live_set(t, t as u64 + 31337, target, 16, 128)
     });
     let live: u64 = sets.iter().map(|s| s.1).sum();
     probe.live(Some(live));

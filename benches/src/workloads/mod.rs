@@ -173,6 +173,29 @@ impl Block {
     }
 }
 
+/// Thread `t`'s share of a live set: tagged blocks of random sizes in `lo..=hi` (the `Rng`'s
+/// range) from a generator seeded with `seed`, until their sizes reach `target` bytes. Returns
+/// the blocks with their tags, and the bytes requested.
+pub(crate) fn live_set(
+    t: usize,
+    seed: u64,
+    target: usize,
+    lo: usize,
+    hi: usize,
+) -> (Vec<(Block, u64)>, u64) {
+    let mut rng = crate::Rng::new(seed);
+    let (mut bytes, mut set) = (0u64, Vec::new());
+    let mut k = 0u64;
+    while bytes < target as u64 {
+        let size = rng.range(lo, hi);
+        bytes += size as u64;
+        let tag = ((t as u64) << 40) | k;
+        k += 1;
+        set.push((Block::new(size, tag), tag));
+    }
+    (set, bytes)
+}
+
 /// Runs `f(t)` on `threads` scoped threads and collects the results in thread order.
 pub(crate) fn parallel<R: Send>(threads: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     std::thread::scope(|s| {

@@ -132,7 +132,7 @@ impl FallbackSet {
     }
 
     /// The recorded size of `addr`, if it is recorded.
-    pub(crate) fn size_of(&self, addr: usize) -> Option<usize> {
+    pub(crate) fn recorded_size(&self, addr: usize) -> Option<usize> {
         let i = self.find(addr)?;
         // SAFETY: `find` returned a slot of the table.
         Some(unsafe { (*self.slot(i))[1] })
@@ -184,7 +184,7 @@ impl FallbackSet {
     /// Whether `addr` is recorded.
     #[cfg(test)]
     fn contains(&self, addr: usize) -> bool {
-        self.size_of(addr).is_some()
+        self.recorded_size(addr).is_some()
     }
 }
 
@@ -210,7 +210,7 @@ mod tests {
             assert_eq!(s.remove(addr(i)), Some(i + 1));
             assert_eq!(s.remove(addr(i)), None, "removed twice");
         }
-        assert_eq!(s.size_of(addr(1)), Some(2));
+        assert_eq!(s.recorded_size(addr(1)), Some(2));
         for i in 0..n {
             assert_eq!(s.contains(addr(i)), i % 2 == 1, "{i}");
         }

@@ -236,18 +236,30 @@ impl<G: Geometry> Heap<G> {
     }
 
     /// Whether arena `ai` has a pool holding live blocks other than `except`.
+    fn arena_has_busy_pool(&self, ai: u32, except: *mut PoolHeader) -> bool {
+        let mut kept = [ptr::null_mut(); MAX_CLASSES];
+        self.idle_kept_pools(ai, except, &mut kept).is_none()
+    }
+
+    /// If arena `ai` has no pool holding live blocks other than `except`, collects its kept
+    /// empty pools (other than `except`) into `out` and returns how many; otherwise `None`.
     ///
     /// The pools of an arena that are not free are `except`, pools with live blocks, and kept
     /// empty pools (at most one per class, the rest of the classes). Only when there are too few
     /// of them to rule out that all are kept pools do the class heads need looking at.
-    fn arena_has_busy_pool(&self, ai: u32, except: *mut PoolHeader) -> bool {
+    fn idle_kept_pools(
+        &self,
+        ai: u32,
+        except: *mut PoolHeader,
+        out: &mut [*mut PoolHeader; MAX_CLASSES],
+    ) -> Option<usize> {
         let a = self.arenas.get(ai);
         let others = (a.ntotalpools - a.nfreepools) as usize - 1; // not free, besides `except`
         if others >= G::NB_SMALL_SIZE_CLASSES {
-            return true;
+            return None;
         }
-        let mut kept = [ptr::null_mut(); MAX_CLASSES];
-        others > self.kept_pools_in(ai, except, &mut kept)
+        let n = self.kept_pools_in(ai, except, out);
+        (n == others).then_some(n)
     }
 
     /// Collects into `out` the kept empty pools of arena `ai`, other than `except`, and
@@ -510,9 +522,8 @@ impl<G: Geometry> Heap<G> {
     unsafe fn insert_to_freepool(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
         // SAFETY: `pool` is an initialised header.
         let ai = unsafe { (*pool).arenaindex };
-        if !self.arena_has_busy_pool(ai, pool) {
-            let mut kept = [ptr::null_mut(); MAX_CLASSES];
-            let n = self.kept_pools_in(ai, pool, &mut kept);
+        let mut kept = [ptr::null_mut(); MAX_CLASSES];
+        if let Some(n) = self.idle_kept_pools(ai, pool, &mut kept) {
             for &k in &kept[..n] {
                 // SAFETY: a kept pool is an empty pool in its class's used list. `pool` is not
                 // yet back, so none of these calls finds the arena wholly free.

@@ -340,7 +340,12 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         let what = if self.owns(ptr) {
             "layout routes to layer +1 but the block is a pool block"
         } else if self.fallback.load(Relaxed)
-            && self.heap.lock().fallbacks.size_of(ptr as usize).is_some()
+            && self
+                .heap
+                .lock()
+                .fallbacks
+                .recorded_size(ptr as usize)
+                .is_some()
         {
             "layout routes to layer +1 but the block is a fallback block of a small layout"
         } else {
