@@ -24,7 +24,7 @@
 use core::ptr::{self, NonNull};
 
 use crate::geometry::{Geometry, GeometryExt, MAX_POOLS_PER_ARENA};
-use crate::pool::{DUMMY_SIZE_IDX, PoolHeader};
+use crate::pool::{DUMMY_SIZE_IDX, NO_OWNER, PoolHeader};
 
 /// "No arena" in index-linked lists.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -85,8 +85,8 @@ impl ArenaObject {
         unsafe {
             (*pool).arenaindex = index;
             (*pool).szidx = DUMMY_SIZE_IDX;
-            (*pool).owner = 0;
-            (*pool).remote_free = ptr::null_mut();
+            (*pool).owner = NO_OWNER;
+            crate::pool::reset_remote(pool);
         }
         pool
     }
@@ -166,7 +166,11 @@ impl ArenaObject {
     /// `pool` belongs to this live arena, holds no live block and is in no other list.
     pub(crate) unsafe fn give_pool(&mut self, pool: *mut PoolHeader) {
         // SAFETY: the pool header is ours.
-        unsafe { (*pool).nextpool = self.freepools };
+        unsafe {
+            (*pool).nextpool = self.freepools;
+            (*pool).owner = NO_OWNER;
+            crate::pool::reset_remote(pool);
+        }
         self.freepools = pool;
         self.nfreepools += 1;
         self.ndirty += 1;
@@ -281,7 +285,7 @@ mod tests {
         unsafe {
             let free = a.take_pool::<Py310>(0);
             let live = a.take_pool::<Py310>(0);
-            (*free).count = 0;
+            (*free).set_count(0);
             let live_bytes = live.cast::<u8>().add(Py310::POOL_OVERHEAD);
             live_bytes.write_bytes(0xCD, Py310::POOL_SIZE - Py310::POOL_OVERHEAD);
             a.give_pool(free);

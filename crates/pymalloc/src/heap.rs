@@ -1,19 +1,23 @@
-//! The heap: CPython's obmalloc algorithm over arenas, pools and blocks, single-owner.
+//! The heaps: CPython's obmalloc algorithm over arenas, pools and blocks, split in two.
 //!
-//! A [`Heap`] is manipulated through `&mut self` only and knows nothing of threads: whoever
-//! owns it (today a lock in [`crate::PyMalloc`], later one heap per thread) decides how it is
-//! shared. It owns:
-//!
-//! - `usedpools[class]`: a doubly linked list of the pools of each class that have both live
-//!   and free blocks. Allocation takes the first pool's first free block (the fast path).
+//! - [`Arenas`]: what every heap of an allocator shares, behind one lock (`Shared::arenas`):
+//!   the arena table, `usable_arenas` (the arenas that still have free pools, sorted by
+//!   ascending free-pool count, so new pools come from the fullest arena and nearly empty
+//!   arenas get the chance to empty completely; `nfp2lasta[n]` remembers the last arena in the
+//!   list with `n` free pools, which makes keeping the order O(1), CPython bpo-37029), and the
+//!   counters behind [`Stats`]. A heap takes the lock only to take a pool or give one back.
+//! - [`Heap`]: one per thread (and one locked shared heap for threads without one, see `tls`).
+//!   It owns `usedpools[class]`: a doubly linked list of its pools of each class that have both
+//!   live and free blocks. Allocation takes the first pool's first free block (the fast path).
 //!   A pool that fills up leaves the list; one that gets a block back re-enters at the front;
 //!   one that empties goes back to its arena. (CPython threads the same lists through a table
 //!   of fake headers, `usedpools[2*i]`; plain head pointers with null ends do the same job.)
-//! - the arena table, and `usable_arenas`: the arenas that still have free pools, kept sorted
-//!   by ascending free-pool count, so new pools come from the fullest arena and nearly empty
-//!   arenas get the chance to empty completely. `nfp2lasta[n]` remembers the last arena in the
-//!   list with `n` free pools, which makes keeping the order O(1) (CPython bpo-37029).
-//! - the counters behind [`Stats`].
+//!   A heap is manipulated through `&mut self` only and knows nothing of threads: the caller
+//!   proves it owns it (its slot, a claim on a free slot, or the shared heap's lock).
+//!
+//! Blocks freed by a thread that does not own their pool go through the pool's remote list
+//! (see [`crate::pool`]); the owner collects them when the pool runs dry, and frees the blocks
+//! of its *delayed* list (first remote frees into full pools) on its slow path.
 //!
 //! # Pool states
 //! ```text
@@ -21,25 +25,32 @@
 //!   used  ---------------->  full        used  ----------------->  empty (on arena.freepools)
 //!   used  <----------------  full        used  <-----------------  empty  (new pool for class)
 //!         free of one block
+//!         (or a remote free, through the delayed list)
 //! ```
 //!
 //! # Keeping one empty pool per class
 //! CPython moves a pool back to its arena the moment it empties, so a program that allocates
 //! and frees one block of a class at a time pays for that move, and for taking a pool again, on
 //! every pair. Here a pool that empties while it is its class's only pool stays in the class
-//! list, provided its arena has another pool holding live blocks or is the heap's only arena
-//! (which would stay mapped anyway, as the one spare arena of the next section). It goes back to
-//! its arena as soon as another pool of the class re-enters the list, when the last pool in use
-//! of its arena empties (then every kept pool of that arena goes back with it), before a second
-//! arena is mapped if its arena holds nothing else, or on [`Heap::trim`]. At most one pool per
-//! class (32 × 16 KiB) is held this way, and never in an arena that would otherwise go back to
-//! the OS: after a free-all at most one arena stays mapped.
+//! list, provided its arena has another pool holding live blocks or is the only arena (which
+//! would stay mapped anyway, as the one spare arena of the next section). The decision needs
+//! the arena lock once; the heap then remembers it (`approved`) until its next pool goes back
+//! to an arena, so the pair itself stays lock-free. The pool goes back to its arena as soon as
+//! another pool of the class re-enters the list, when the last pool in use of its arena that
+//! belongs to the same heap empties (then every kept pool of that heap in that arena goes back
+//! with it), before a second arena is mapped if its arena holds nothing else, or on
+//! [`Heap::trim`]. At most one pool per class per heap is held this way. With one heap, a kept
+//! pool never keeps an arena mapped that would otherwise go back to the OS: after a free-all at
+//! most one arena stays mapped. With several, a heap sees only its own pools: a kept pool can
+//! keep an arena mapped whose other pools another heap gave back, until its own heap trims or
+//! empties the pool's class list (a thread's heap is trimmed whenever its slot is collected
+//! after the thread exits).
 //!
 //! # Releasing arenas
 //! When the last pool of an arena becomes empty the arena goes back to the OS, except when it
 //! is the last arena of `usable_arenas` (CPython bpo-37257): keeping one wholly free arena stops
 //! a program that repeatedly allocates and frees a few blocks from mapping and unmapping an
-//! arena each time. [`Heap::trim`] releases such a kept arena on request.
+//! arena each time. [`Arenas::trim`] releases such a kept arena on request.
 //!
 //! # Giving pages back inside live arenas
 //! An arena goes back to the OS only when all its pools are free; a program that frees most of
@@ -61,14 +72,15 @@
 //! (64 KiB pages under 16 KiB pools, say) nothing is decommitted: `madvise` works in whole
 //! pages and would take live neighbouring pools with it.
 //!
-//! # Invariants (checked by [`Heap::check_invariants`])
-//! - Every pool in `usedpools[i]` has `szidx == i` and `count < capacity`; `count == 0` only
-//!   for the list's sole pool (the kept empty pool).
-//! - An arena holding a kept empty pool also holds a pool with live blocks, or is the only
-//!   arena.
-//! - Every pool obeys `count + |free list| + virgin == capacity` (see [`crate::pool`]).
-//! - A carved pool with no live block is on its arena's free list, decommitted, or its class's
-//!   kept pool.
+//! # Invariants (checked by `PyMalloc::check_invariants`)
+//! - Every pool in a heap's `usedpools[i]` has `szidx == i`, `owner ==` the heap and
+//!   `count < capacity`; `count == 0` only for the list's sole pool (the kept empty pool).
+//! - Every pool obeys `count + |free list| + |remote list| + virgin == capacity`, counting the
+//!   blocks on its owner's delayed list in `count` (see [`crate::pool`]).
+//! - A carved pool with no live block is on its arena's free list (`owner == NO_OWNER`),
+//!   decommitted, or its class's kept pool in its owner heap.
+//! - With a single heap holding pools: an arena holding a kept empty pool also holds a pool
+//!   with live blocks, or is the only arena.
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
 //! - Every live arena is registered in the arena map under its index.
@@ -81,12 +93,29 @@ use crate::arena::{ArenaObject, ArenaTable, NONE};
 use crate::fallback::FallbackSet;
 use crate::geometry::{Geometry, GeometryExt, MAX_CLASSES, MAX_POOLS_PER_ARENA};
 use crate::map::ArenaMap;
-use crate::pool::{self, PoolHeader};
+use crate::pool::{self, NO_OWNER, PoolHeader};
 use crate::stats::{ClassStats, Corruption, Stats};
+use crate::sync::Lock;
+use crate::sync::atomic::{AtomicPtr, Ordering::*};
 use crate::util::{likely, unlikely};
 
-pub(crate) struct Heap<G: Geometry> {
-    usedpools: [*mut PoolHeader; MAX_CLASSES], // head of each class's list of used pools
+/// What all the heaps of one allocator share: the arenas behind their lock, and the arena map
+/// (read without it; written with it held).
+pub(crate) struct Shared<G: Geometry> {
+    pub(crate) arenas: Lock<Arenas<G>>,
+    pub(crate) map: ArenaMap<G>,
+}
+
+impl<G: Geometry> Shared<G> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            arenas: Lock::new(Arenas::new()),
+            map: ArenaMap::new(),
+        }
+    }
+}
+
+pub(crate) struct Arenas<G: Geometry> {
     arenas: ArenaTable,                        // every arena slot, live or not
     usable_arenas: u32,                        // head of the sorted list; index or NONE
     unused_arena_objects: u32,                 // empty slots, linked through nextarena
@@ -100,56 +129,95 @@ pub(crate) struct Heap<G: Geometry> {
     _geometry: core::marker::PhantomData<G>,
 }
 
-// The heap is only ever reached through a lock that gives one thread at a time `&mut Heap`;
-// its raw pointers point into arenas and tables that it owns.
-// SAFETY: nothing in the heap is tied to the thread that created it.
+// The arenas are only ever reached through a lock that gives one thread at a time `&mut`;
+// their raw pointers point into arenas and tables that they own.
+// SAFETY: nothing in them is tied to the thread that created them.
+unsafe impl<G: Geometry> Send for Arenas<G> {}
+
+pub(crate) struct Heap<G: Geometry> {
+    usedpools: [*mut PoolHeader; MAX_CLASSES], // head of each class's list of used pools
+    approved: u64, // bit c: usedpools[c], empty and alone, may stay (see "Keeping ...")
+    id: u32,       // the `owner` of this heap's pools
+    _geometry: core::marker::PhantomData<G>,
+}
+
+// A heap is reached only by whoever owns it (a slot, a claim, or the shared heap's lock);
+// its raw pointers point into arenas.
+// SAFETY: nothing in a heap is tied to the thread that created it.
 unsafe impl<G: Geometry> Send for Heap<G> {}
 
 impl<G: Geometry> Heap<G> {
-    pub(crate) const fn new() -> Self {
+    pub(crate) const fn new(id: u32) -> Self {
         Self {
             usedpools: [ptr::null_mut(); MAX_CLASSES],
-            arenas: ArenaTable::new(),
-            usable_arenas: NONE,
-            unused_arena_objects: NONE,
-            nfp2lasta: [NONE; MAX_POOLS_PER_ARENA + 1],
-            narenas_currently_allocated: 0,
-            ntimes_arena_allocated: 0,
-            narenas_highwater: 0,
-            arena_unmap_failures: 0,
-            pools_decommitted: 0,
-            fallbacks: FallbackSet::new(),
+            approved: 0,
+            id,
             _geometry: core::marker::PhantomData,
         }
     }
 
-    /// Allocates one block of class `class`, or returns null if a new arena was needed and
-    /// could not be mapped.
-    ///
-    /// The fast path is one load of the class's first pool, a pop from its free list and a
-    /// test; it does not check `class` (the caller derived it from a `Layout`).
-    #[inline(always)]
-    pub(crate) fn alloc(&mut self, class: usize, map: &ArenaMap<G>) -> *mut u8 {
-        debug_assert!(class < G::NB_SMALL_SIZE_CLASSES);
-        let pool = self.usedpools[class];
-        if likely(!pool.is_null()) {
-            // SAFETY: pools in usedpools are initialised, of this class, and not full.
-            let (bp, full) = unsafe { pool::pop::<G>(pool, class) };
-            if unlikely(full) {
-                // SAFETY: `pool` heads usedpools[class].
-                unsafe { self.unlink_used(pool, class) };
-            }
-            return bp;
-        }
-        self.alloc_from_new_pool(class, map)
-    }
-
-    /// Returns block `p` to its pool.
+    /// The fast path: a block of class `class` from the class's first pool, or null if the
+    /// heap has no pool of that class. One load of the class's first pool, a pop from its free
+    /// list and a test; `class` is not checked (the caller derived it from a `Layout`).
     ///
     /// # Safety
-    /// `p` is a live block handed out by this heap's `alloc`, and dead from now on.
+    /// `this` is a heap the caller owns, or a heap whose lists are all empty and that nobody
+    /// writes (the sentinel): then it is only read.
     #[inline(always)]
-    pub(crate) unsafe fn free(&mut self, p: *mut u8, map: &ArenaMap<G>) {
+    pub(crate) unsafe fn try_alloc(this: *mut Self, class: usize) -> *mut u8 {
+        debug_assert!(class < G::NB_SMALL_SIZE_CLASSES);
+        // SAFETY: a read of the heap, which the caller may read.
+        let pool = unsafe { (*this).usedpools[class] };
+        if unlikely(pool.is_null()) {
+            return ptr::null_mut();
+        }
+        // SAFETY: a heap with a pool is one the caller owns; pools in usedpools are
+        // initialised, of this class, and not full.
+        unsafe {
+            let (bp, full) = pool::pop::<G>(pool, class);
+            if unlikely(full) {
+                (*this).pool_filled(pool, class);
+            }
+            bp
+        }
+    }
+
+    /// Allocates one block of class `class`, or returns null if a new arena was needed and
+    /// could not be mapped. (The shared heap's path; thread heaps go through `try_alloc` and
+    /// the allocator's slow path.)
+    #[inline]
+    pub(crate) fn alloc(&mut self, class: usize, sh: &Shared<G>) -> *mut u8 {
+        // SAFETY: `&mut self`.
+        let p = unsafe { Self::try_alloc(self, class) };
+        if likely(!p.is_null()) {
+            return p;
+        }
+        self.alloc_from_new_pool(class, sh, true)
+            .unwrap_or(ptr::null_mut())
+    }
+
+    /// A pool of the class list just gave its last free block. Unless other threads have freed
+    /// blocks into it (which are collected instead), it is marked full and leaves the list.
+    ///
+    /// # Safety
+    /// `pool` is in `usedpools[class]`, with no free and no virgin block.
+    #[cold]
+    #[inline(never)]
+    unsafe fn pool_filled(&mut self, pool: *mut PoolHeader, class: usize) {
+        // SAFETY: we own the listed pool.
+        if unsafe { pool::mark_full(pool) } {
+            // SAFETY: as above.
+            unsafe { self.unlink_used(pool, class) };
+        }
+    }
+
+    /// Returns block `p` to its pool. With `keep` false, a pool that empties always goes back
+    /// to its arena (used for heaps with no thread, whose kept pools would help nobody).
+    ///
+    /// # Safety
+    /// `p` is a live block of a pool this heap owns, and dead from now on.
+    #[inline(always)]
+    pub(crate) unsafe fn free(&mut self, p: *mut u8, sh: &Shared<G>, keep: bool) {
         // SAFETY: `p` is a live block of one of our pools.
         let (pool, was_full) = unsafe { pool::push::<G>(p) };
         if unlikely(was_full) {
@@ -157,103 +225,124 @@ impl<G: Geometry> Heap<G> {
             // its class list (CPython: insert_to_usedpool). Pools hold >= 2 blocks, so it
             // cannot have become empty.
             // SAFETY: the pool is initialised and in no list.
-            unsafe { self.reenter_used(pool, map) };
+            unsafe { self.reenter_used(pool, sh) };
             return;
         }
         // SAFETY: the pool is initialised.
-        if unlikely(unsafe { (*pool).count } == 0) {
+        if unlikely(unsafe { (*pool).count() } == 0) {
+            // The kept pool of a one-block-at-a-time loop: settled without a call.
+            // SAFETY: as above.
+            let (class, next) = unsafe { ((*pool).szidx as usize, (*pool).nextpool) };
+            if keep
+                && self.approved & (1 << class) != 0
+                && self.usedpools[class] == pool
+                && next.is_null()
+            {
+                return;
+            }
             // SAFETY: an empty pool that was not full is in its class's used list.
-            unsafe { self.pool_emptied(pool, map) };
+            unsafe { self.pool_emptied(pool, sh, keep) };
         }
     }
 
     /// A full pool got a block back: link it at the front of its class list (CPython:
-    /// `insert_to_usedpool`). If the list's head is the class's kept empty pool, that one
-    /// goes back to its arena first: an empty pool is kept only while it is its class's sole
-    /// pool.
+    /// `insert_to_usedpool`) and tell remote freers it is listed again. If the list's head is
+    /// the class's kept empty pool, that one goes back to its arena first: an empty pool is
+    /// kept only while it is its class's sole pool.
     ///
     /// # Safety
-    /// `pool` is an initialised, non-empty pool in no list.
+    /// `pool` is an initialised, non-empty pool of this heap in no list.
     #[cold]
     #[inline(never)]
-    unsafe fn reenter_used(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+    unsafe fn reenter_used(&mut self, pool: *mut PoolHeader, sh: &Shared<G>) {
+        // SAFETY: we own the pool.
+        unsafe { pool::mark_listed(pool) };
         // SAFETY: the pool header is initialised.
         let class = unsafe { (*pool).szidx as usize };
         let head = self.usedpools[class];
         // SAFETY: `head`, if any, is an initialised pool in the list.
-        if !head.is_null() && unsafe { (*head).count } == 0 {
+        if !head.is_null() && unsafe { (*head).count() } == 0 {
+            let mut ar = sh.arenas.lock();
             // SAFETY: an empty pool in its class list.
-            unsafe { self.insert_to_freepool(head, map) };
+            unsafe { self.insert_to_freepool(head, &mut ar, &sh.map) };
         }
         // SAFETY: `pool` is in no list.
         unsafe { self.push_used(pool, class) };
     }
 
     /// A pool in its class list has just become empty. If it is the class's only pool, and its
-    /// arena has another pool in use or is the only arena, it stays in the class list, empty:
-    /// a program that allocates and frees one block of a class at a time would otherwise move
-    /// the pool to its arena and back on every pair (a departure from CPython, which does
-    /// exactly that). Otherwise it goes back to its arena. The condition on the arena means a
-    /// kept pool never keeps an arena mapped that would otherwise go back to the OS (see
-    /// "Keeping one empty pool per class").
+    /// arena has another pool of this heap in use or is the only arena, it stays in the class
+    /// list, empty (see "Keeping one empty pool per class"). Otherwise it goes back to its
+    /// arena.
     ///
     /// # Safety
     /// `pool` is an empty pool in its class's used list.
     #[cold]
     #[inline(never)]
-    unsafe fn pool_emptied(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+    unsafe fn pool_emptied(&mut self, pool: *mut PoolHeader, sh: &Shared<G>, keep: bool) {
         // SAFETY: the pool header is initialised.
         let (class, next, ai) =
             unsafe { ((*pool).szidx as usize, (*pool).nextpool, (*pool).arenaindex) };
-        if self.usedpools[class] == pool
-            && next.is_null()
-            && (self.narenas_currently_allocated == 1 || self.arena_has_busy_pool(ai, pool))
+        let alone = self.usedpools[class] == pool && next.is_null();
+        if keep && alone && self.approved & (1 << class) != 0 {
+            return;
+        }
+        let mut ar = sh.arenas.lock();
+        if keep
+            && alone
+            && (ar.narenas_currently_allocated == 1 || self.arena_has_busy_pool(&ar, ai, pool))
         {
+            self.approved |= 1 << class;
             return;
         }
         // SAFETY: guaranteed by the caller.
-        unsafe { self.insert_to_freepool(pool, map) };
+        unsafe { self.insert_to_freepool(pool, &mut ar, &sh.map) };
     }
 
-    /// Gives back every kept empty pool whose arena holds no pool with live blocks.
+    /// Gives back every kept empty pool whose arena holds no pool of this heap with live
+    /// blocks.
     #[cold]
-    fn give_back_idle_kept_pools(&mut self, map: &ArenaMap<G>) {
+    fn give_back_idle_kept_pools(&mut self, ar: &mut Arenas<G>, map: &ArenaMap<G>) {
         for class in 0..G::NB_SMALL_SIZE_CLASSES {
             let head = self.usedpools[class];
             // SAFETY: a non-null head is an initialised pool header; one with no live block is
             // its class's kept pool.
-            if head.is_null() || unsafe { (*head).count } != 0 {
+            if head.is_null() || unsafe { (*head).count() } != 0 {
                 continue;
             }
             // SAFETY: as above.
             let ai = unsafe { (*head).arenaindex };
-            if !self.arena_has_busy_pool(ai, head) {
+            if !self.arena_has_busy_pool(ar, ai, head) {
                 // SAFETY: a kept pool is an empty pool in its class's used list. Its arena's
                 // other kept pools go back with it.
-                unsafe { self.insert_to_freepool(head, map) };
+                unsafe { self.insert_to_freepool(head, ar, map) };
             }
         }
     }
 
-    /// Whether arena `ai` has a pool holding live blocks other than `except`.
-    fn arena_has_busy_pool(&self, ai: u32, except: *mut PoolHeader) -> bool {
+    /// Whether arena `ai` has a pool holding live blocks other than `except` (or a pool of
+    /// another heap, which this heap cannot tell from a busy one).
+    fn arena_has_busy_pool(&self, ar: &Arenas<G>, ai: u32, except: *mut PoolHeader) -> bool {
         let mut kept = [ptr::null_mut(); MAX_CLASSES];
-        self.idle_kept_pools(ai, except, &mut kept).is_none()
+        self.idle_kept_pools(ar, ai, except, &mut kept).is_none()
     }
 
-    /// If arena `ai` has no pool holding live blocks other than `except`, collects its kept
-    /// empty pools (other than `except`) into `out` and returns how many; otherwise `None`.
+    /// If arena `ai` has no pool other than `except` that is in use or belongs to another heap,
+    /// collects this heap's kept empty pools there (other than `except`) into `out` and returns
+    /// how many; otherwise `None`.
     ///
-    /// The pools of an arena that are not free are `except`, pools with live blocks, and kept
-    /// empty pools (at most one per class, the rest of the classes). Only when there are too few
-    /// of them to rule out that all are kept pools do the class heads need looking at.
+    /// The pools of an arena that are not free are `except`, pools with live blocks, other
+    /// heaps' pools, and this heap's kept empty pools (at most one per class). Only when there
+    /// are too few of them to rule out that all are kept pools of this heap do the class heads
+    /// need looking at.
     fn idle_kept_pools(
         &self,
+        ar: &Arenas<G>,
         ai: u32,
         except: *mut PoolHeader,
         out: &mut [*mut PoolHeader; MAX_CLASSES],
     ) -> Option<usize> {
-        let a = self.arenas.get(ai);
+        let a = ar.arenas.get(ai);
         let others = (a.ntotalpools - a.nfreepools) as usize - 1; // not free, besides `except`
         if others >= G::NB_SMALL_SIZE_CLASSES {
             return None;
@@ -262,7 +351,7 @@ impl<G: Geometry> Heap<G> {
         (n == others).then_some(n)
     }
 
-    /// Collects into `out` the kept empty pools of arena `ai`, other than `except`, and
+    /// Collects into `out` this heap's kept empty pools in arena `ai`, other than `except`, and
     /// returns how many there are.
     fn kept_pools_in(
         &self,
@@ -277,7 +366,7 @@ impl<G: Geometry> Heap<G> {
             }
             // SAFETY: a non-null head is an initialised pool header; one with no live block
             // is its class's kept pool.
-            if unsafe { (*head).count == 0 && (*head).arenaindex == ai } {
+            if unsafe { (*head).count() == 0 && (*head).arenaindex == ai } {
                 out[n] = head;
                 n += 1;
             }
@@ -301,6 +390,7 @@ impl<G: Geometry> Heap<G> {
             }
         }
         self.usedpools[class] = pool;
+        self.approved &= !(1 << class);
     }
 
     /// Unlinks `pool` from `usedpools[class]`.
@@ -315,6 +405,7 @@ impl<G: Geometry> Heap<G> {
             let prev = (*pool).prevpool;
             if prev.is_null() {
                 self.usedpools[class] = next;
+                self.approved &= !(1 << class);
             } else {
                 (*prev).nextpool = next;
             }
@@ -324,22 +415,229 @@ impl<G: Geometry> Heap<G> {
         }
     }
 
-    /// The slow path of `alloc`: no used pool of this class exists, so take a pool from the
-    /// first usable arena (mapping a new arena if there is none). CPython:
-    /// `allocate_from_new_pool`.
+    /// The heap's slow path: no used pool of this class exists, so take a pool from the first
+    /// usable arena (CPython: `allocate_from_new_pool`). If no arena has a free pool, maps a new
+    /// one when `may_map`, and otherwise returns `None` without mapping (the caller may first
+    /// look for free pools elsewhere); `None` too if the arena could not be mapped.
     #[cold]
     #[inline(never)]
-    fn alloc_from_new_pool(&mut self, class: usize, map: &ArenaMap<G>) -> *mut u8 {
-        if self.usable_arenas == NONE && self.narenas_currently_allocated == 1 {
+    pub(crate) fn alloc_from_new_pool(
+        &mut self,
+        class: usize,
+        sh: &Shared<G>,
+        may_map: bool,
+    ) -> Option<*mut u8> {
+        let mut ar = sh.arenas.lock();
+        if ar.usable_arenas == NONE && ar.narenas_currently_allocated == 1 {
             // About to map a second arena: kept pools of the only one, if it holds nothing
             // else, must not outlive its being the only one. Giving them back may also leave
             // it with free pools, and no new arena is needed.
-            self.give_back_idle_kept_pools(map);
+            self.give_back_idle_kept_pools(&mut ar, &sh.map);
         }
+        if ar.usable_arenas == NONE && !may_map {
+            return None;
+        }
+        let (pool, bp) = ar.take_pool(class, self.id, &sh.map)?;
+        drop(ar);
+        // SAFETY: `pool` is now ours and in no list.
+        unsafe { self.push_used(pool, class) };
+        Some(bp)
+    }
+
+    /// Frees the blocks of `delayed` (first remote frees into this heap's full pools), which
+    /// re-lists their pools. Returns whether there were any.
+    ///
+    /// # Safety
+    /// `delayed` is this heap's delayed list.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn drain_delayed(&mut self, delayed: &AtomicPtr<u8>, sh: &Shared<G>) -> bool {
+        if delayed.load(Relaxed).is_null() {
+            return false;
+        }
+        // Acquire: pairs with the Release push of each block.
+        let mut b = delayed.swap(ptr::null_mut(), Acquire);
+        while !b.is_null() {
+            // SAFETY: a delayed block is a dead block of one of our pools, holding its link;
+            // its pool's owner cannot have changed (it still counts the block as live).
+            unsafe {
+                let next = b.cast::<*mut u8>().read();
+                self.free(b, sh, true);
+                b = next;
+            }
+        }
+        true
+    }
+
+    /// Collects every remote free of every listed pool and gives back the pools that are then
+    /// empty; with `keep` false, the kept empty pools go back too. Drain the delayed list first,
+    /// so that full pools with remote frees are listed.
+    pub(crate) fn collect_all(&mut self, sh: &Shared<G>, keep: bool) {
+        let mut ar = sh.arenas.lock();
+        for class in 0..G::NB_SMALL_SIZE_CLASSES {
+            let mut pool = self.usedpools[class];
+            while !pool.is_null() {
+                // SAFETY: a listed pool of ours.
+                let next = unsafe {
+                    pool::collect(pool);
+                    (*pool).nextpool
+                };
+                // SAFETY: as above.
+                let empty = unsafe { (*pool).count() } == 0;
+                let alone = self.usedpools[class] == pool && next.is_null();
+                if empty && !(keep && alone) {
+                    // SAFETY: an empty pool in its class list; any kept pools this returns
+                    // with it are heads of other classes' lists, or of this one (then it is
+                    // `pool` itself, or an empty head, which the invariant rules out with
+                    // `pool` in the list behind it).
+                    unsafe { self.insert_to_freepool(pool, &mut ar, &sh.map) };
+                }
+                pool = next;
+            }
+        }
+    }
+
+    /// Whether the heap has no pool in any class list.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.usedpools.iter().all(|p| p.is_null())
+    }
+
+    /// Whether `pool` is this heap's kept empty pool of its class.
+    pub(crate) fn is_kept(&self, pool: *mut PoolHeader, szidx: usize) -> bool {
+        szidx < G::NB_SMALL_SIZE_CLASSES && self.usedpools[szidx] == pool
+    }
+
+    /// A pool has just become empty, or is a kept pool being given up: give it back to its
+    /// arena. If that leaves the arena with no pool of this heap in use and no pool of another
+    /// heap, but some kept empty pools of other classes, those go back too, so that the arena
+    /// can become wholly free (and go back to the OS) at once. CPython: `insert_to_freepool`.
+    ///
+    /// # Safety
+    /// `pool` is an empty pool currently in its class's used list.
+    #[cold]
+    #[inline(never)]
+    unsafe fn insert_to_freepool(
+        &mut self,
+        pool: *mut PoolHeader,
+        ar: &mut Arenas<G>,
+        map: &ArenaMap<G>,
+    ) {
+        // SAFETY: `pool` is an initialised header.
+        let ai = unsafe { (*pool).arenaindex };
+        let mut kept = [ptr::null_mut(); MAX_CLASSES];
+        if let Some(n) = self.idle_kept_pools(ar, ai, pool, &mut kept) {
+            for &k in &kept[..n] {
+                // SAFETY: a kept pool is an empty pool in its class's used list. `pool` is not
+                // yet back, so none of these calls finds the arena wholly free.
+                unsafe { self.return_pool(k, ar, map) };
+            }
+        }
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.return_pool(pool, ar, map) };
+        ar.maybe_decommit(ai);
+        // An arena's pools just went back: every kept pool is asked about again when it next
+        // empties.
+        self.approved = 0;
+    }
+
+    /// Unlinks `pool` and gives it back to its arena.
+    ///
+    /// # Safety
+    /// `pool` is an empty pool currently in its class's used list.
+    unsafe fn return_pool(&mut self, pool: *mut PoolHeader, ar: &mut Arenas<G>, map: &ArenaMap<G>) {
+        // SAFETY: `pool` is an initialised header in usedpools[szidx].
+        let class = unsafe { (*pool).szidx as usize };
+        // SAFETY: as above.
+        unsafe { self.unlink_used(pool, class) };
+        // SAFETY: the pool is empty and now in no list.
+        unsafe { ar.give_back(pool, map) };
+    }
+
+    /// Checks this heap's lists: links, classes, owners, fullness.
+    pub(crate) fn check_lists(&self) -> Result<(), Corruption> {
+        let fail = |what, address: usize, expected, found| {
+            Err(Corruption {
+                what,
+                address,
+                expected,
+                found,
+            })
+        };
+        for class in 0..G::NB_SMALL_SIZE_CLASSES {
+            let mut prev: *mut PoolHeader = ptr::null_mut();
+            let mut pool = self.usedpools[class];
+            let mut n = 0;
+            while !pool.is_null() {
+                // SAFETY: pools in the lists are initialised headers (that is what we check).
+                let h = unsafe { &*pool };
+                let at = pool as usize;
+                if h.prevpool != prev {
+                    return fail(
+                        "usedpools back link",
+                        at,
+                        prev as usize,
+                        h.prevpool as usize,
+                    );
+                }
+                if h.szidx as usize != class {
+                    return fail("pool in the wrong class list", at, class, h.szidx as usize);
+                }
+                if h.owner != self.id {
+                    return fail(
+                        "pool in another heap's list",
+                        at,
+                        self.id as usize,
+                        h.owner as usize,
+                    );
+                }
+                let cap = G::blocks_per_pool(class);
+                if h.count() >= cap {
+                    return fail("full pool in a class list", at, cap, h.count());
+                }
+                if h.count() == 0 && !(prev.is_null() && h.nextpool.is_null()) {
+                    return fail("empty pool in a class list with other pools", at, 1, 0);
+                }
+                n += 1;
+                if n > 1 << 24 {
+                    return fail("class list has a cycle", at, 0, n);
+                }
+                prev = pool;
+                pool = h.nextpool;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<G: Geometry> Arenas<G> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            arenas: ArenaTable::new(),
+            usable_arenas: NONE,
+            unused_arena_objects: NONE,
+            nfp2lasta: [NONE; MAX_POOLS_PER_ARENA + 1],
+            narenas_currently_allocated: 0,
+            ntimes_arena_allocated: 0,
+            narenas_highwater: 0,
+            arena_unmap_failures: 0,
+            pools_decommitted: 0,
+            fallbacks: FallbackSet::new(),
+            _geometry: core::marker::PhantomData,
+        }
+    }
+
+    /// Takes a pool for class `class` and heap `owner` from the first usable arena (mapping a
+    /// new arena if there is none) and hands out its first block. Returns `None` if an arena
+    /// was needed and could not be mapped. The header is written here, under the lock, so that
+    /// statistics walking the arenas see either a free pool or a complete header.
+    pub(crate) fn take_pool(
+        &mut self,
+        class: usize,
+        owner: u32,
+        map: &ArenaMap<G>,
+    ) -> Option<(*mut PoolHeader, *mut u8)> {
         if self.usable_arenas == NONE {
-            let Some(ai) = self.new_arena(map) else {
-                return ptr::null_mut();
-            };
+            let ai = self.new_arena(map)?;
             let a = self.arenas.get_mut(ai);
             a.nextarena = NONE;
             a.prevarena = NONE;
@@ -372,16 +670,16 @@ impl<G: Geometry> Heap<G> {
         }
         // SAFETY: `pool` is now ours, in no list, and holds no live block.
         unsafe {
+            (*pool).owner = owner;
             let bp = if (*pool).szidx as usize == class {
                 // It last held this class: header and free list are ready (it holds >= 2
                 // carved blocks, all free).
-                (*pool).count = 0;
+                (*pool).set_count(0);
                 pool::pop::<G>(pool, class).0
             } else {
                 pool::init::<G>(pool, class)
             };
-            self.push_used(pool, class);
-            bp
+            Some((pool, bp))
         }
     }
 
@@ -400,9 +698,9 @@ impl<G: Geometry> Heap<G> {
         let ai = self.unused_arena_objects;
         let base = pymalloc_vmm::map_aligned(G::ARENA_SIZE, G::ARENA_SIZE)?;
         // Exposed, so that a block handed back with narrower provenance than the arena's can
-        // reach its pool header again (see `arena_ptr` in lib.rs).
+        // reach its pool header again (see `pool::pool_of`).
         let addr = base.as_ptr().expose_provenance();
-        // SAFETY: we hold the heap (the map's only writer) and own the new arena.
+        // SAFETY: we hold the arenas lock (the map's writers' lock) and own the new arena.
         if !unsafe { map.insert(addr, ai) } {
             // SAFETY: mapped just above and never handed out.
             unsafe { pymalloc_vmm::unmap(base, G::ARENA_SIZE) };
@@ -457,7 +755,7 @@ impl<G: Geometry> Heap<G> {
         let base = self.arenas.get(ai).address;
         // The entry goes first: once the range is unmapped the kernel may hand the addresses
         // to someone else, and a lock-free `owns` must not call their blocks ours.
-        // SAFETY: we hold the heap and the arena was registered under this base.
+        // SAFETY: we hold the arenas lock and the arena was registered under this base.
         unsafe { map.remove(base as usize) };
         // SAFETY: every pool of the arena is free, so no block in it is live; the arena was
         // mapped with ARENA_SIZE bytes and nothing refers to it any more.
@@ -510,36 +808,6 @@ impl<G: Geometry> Heap<G> {
         }
     }
 
-    /// A pool has just become empty, or is a kept pool being given up: give it back to its
-    /// arena. If that leaves the arena with no pool in use but some kept empty pools of other
-    /// classes, those go back too, so that the arena can become wholly free (and go back to
-    /// the OS) at once. CPython: `insert_to_freepool`.
-    ///
-    /// # Safety
-    /// `pool` is an empty pool currently in its class's used list.
-    #[cold]
-    #[inline(never)]
-    unsafe fn insert_to_freepool(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
-        // SAFETY: `pool` is an initialised header.
-        let ai = unsafe { (*pool).arenaindex };
-        let mut kept = [ptr::null_mut(); MAX_CLASSES];
-        if let Some(n) = self.idle_kept_pools(ai, pool, &mut kept) {
-            for &k in &kept[..n] {
-                // SAFETY: a kept pool is an empty pool in its class's used list. `pool` is not
-                // yet back, so none of these calls finds the arena wholly free.
-                unsafe { self.return_pool(k, map) };
-            }
-        }
-        // SAFETY: guaranteed by the caller.
-        unsafe { self.return_pool(pool, map) };
-        let a = self.arenas.get_mut(ai);
-        if !a.address.is_null() && a.ndirty as usize >= Self::DECOMMIT_BATCH {
-            // SAFETY: the arena is live.
-            self.pools_decommitted +=
-                unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
-        }
-    }
-
     /// Free pools an arena accumulates with their pages committed before they are decommitted
     /// together: a quarter of the arena (16 pools, 256 KiB, at `Py310`). See "Giving pages
     /// back inside live arenas".
@@ -549,18 +817,26 @@ impl<G: Geometry> Heap<G> {
         1
     };
 
+    /// Decommits arena `ai`'s dirty free pools if there are a batch of them (and it is live).
+    fn maybe_decommit(&mut self, ai: u32) {
+        let a = self.arenas.get_mut(ai);
+        if !a.address.is_null() && a.ndirty as usize >= Self::DECOMMIT_BATCH {
+            // SAFETY: the arena is live.
+            self.pools_decommitted +=
+                unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
+        }
+    }
+
     /// Gives `pool` back to its arena and keeps `usable_arenas` sorted, releasing the arena if
     /// it is wholly free (and not the last usable one).
     ///
     /// # Safety
-    /// `pool` is an empty pool currently in its class's used list.
-    unsafe fn return_pool(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
-        // SAFETY: `pool` is an initialised header in usedpools[szidx].
-        let (class, ai) = unsafe { ((*pool).szidx as usize, (*pool).arenaindex) };
-        // SAFETY: as above.
-        unsafe { self.unlink_used(pool, class) };
+    /// `pool` is an empty pool in no list.
+    unsafe fn give_back(&mut self, pool: *mut PoolHeader, map: &ArenaMap<G>) {
+        // SAFETY: `pool` is an initialised header.
+        let ai = unsafe { (*pool).arenaindex };
         let ao = self.arenas.get_mut(ai);
-        // SAFETY: the pool belongs to this arena and is now in no list.
+        // SAFETY: the pool belongs to this arena and is in no list.
         unsafe { ao.give_pool(pool) };
         let nf = ao.nfreepools as usize; // after the increment
         let old_nf = nf - 1;
@@ -627,20 +903,9 @@ impl<G: Geometry> Heap<G> {
         self.arenas.get_mut(lastnf).nextarena = ai;
     }
 
-    /// Returns the kept empty pools to their arenas, then releases every wholly free arena
-    /// (the one kept by the bpo-37257 rule, and any freed by the first step). Returns how many
-    /// arenas were released, by either step.
-    pub(crate) fn trim(&mut self, map: &ArenaMap<G>) -> usize {
-        let before = self.narenas_currently_allocated;
-        for class in 0..G::NB_SMALL_SIZE_CLASSES {
-            let head = self.usedpools[class];
-            // SAFETY: `head`, if any, is an initialised pool in the list; an empty one is the
-            // class's kept pool.
-            if !head.is_null() && unsafe { (*head).count } == 0 {
-                // SAFETY: as above.
-                unsafe { self.insert_to_freepool(head, map) };
-            }
-        }
+    /// Releases every wholly free arena (the one kept by the bpo-37257 rule, and any that the
+    /// heaps' trims freed), then decommits the free pools of the arenas that stay.
+    pub(crate) fn trim(&mut self, map: &ArenaMap<G>) {
         let mut ai = self.usable_arenas;
         while ai != NONE {
             let a = self.arenas.get(ai);
@@ -674,8 +939,11 @@ impl<G: Geometry> Heap<G> {
                     unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
             }
         }
-        // Counted as the change in live arenas: the first loop may release arenas too.
-        before - self.narenas_currently_allocated
+    }
+
+    /// Arenas mapped now.
+    pub(crate) fn live_arenas(&self) -> usize {
+        self.narenas_currently_allocated
     }
 
     /// Unmaps every arena and the arena table, whatever they hold. Only for `Drop`.
@@ -701,8 +969,9 @@ impl<G: Geometry> Heap<G> {
             .filter(move |&p| !a.is_decommitted::<G>(p))
     }
 
-    /// A snapshot of the heap's figures, computed by walking every pool (CPython:
-    /// `pymalloc_print_stats`). Never allocates.
+    /// A snapshot of the figures, computed by walking every pool (CPython:
+    /// `pymalloc_print_stats`). Reads of pools that other threads own are of fields written
+    /// under this lock (`owner`, `szidx`) or atomic (`count`). Never allocates.
     pub(crate) fn stats(&self, map: &ArenaMap<G>) -> Stats {
         let mut s = Stats::empty();
         s.geometry = G::NAME;
@@ -726,12 +995,12 @@ impl<G: Geometry> Heap<G> {
             }
             s.unused_pools += a.nfreepools as usize;
             for pool in Self::carved_pools(a) {
-                // SAFETY: carved pools have initialised headers.
-                let (count, szidx) = unsafe { ((*pool).count as usize, (*pool).szidx as usize) };
-                // Empty pools are on their arena's free list (counted above), except a class's
-                // kept empty pool, which is still that class's pool.
-                let kept = szidx < G::NB_SMALL_SIZE_CLASSES && self.usedpools[szidx] == pool;
-                if count == 0 && !kept {
+                // SAFETY: carved pools have initialised headers; see above for the races.
+                let (owner, count, szidx) =
+                    unsafe { ((*pool).owner, (*pool).count(), (*pool).szidx as usize) };
+                // Free pools (counted above) have no owner; a heap's kept empty pool is still
+                // that class's pool.
+                if owner == NO_OWNER || szidx >= G::NB_SMALL_SIZE_CLASSES {
                     continue;
                 }
                 let c: &mut ClassStats = &mut s.classes[szidx];
@@ -760,15 +1029,12 @@ impl<G: Geometry> Heap<G> {
         s
     }
 
-    /// Checks that `p` can be a live block freed with a layout of `size` bytes (class
-    /// `class`): inside one of our arenas, in a carved pool in use, at a block boundary, and in
-    /// a pool of that class (or of a larger one it was shrunk from in place). Otherwise says
-    /// what is wrong.
     pub(crate) fn validate_block(
         &self,
         p: *mut u8,
         class: usize,
         size: usize,
+        me: u32,
         map: &ArenaMap<G>,
     ) -> Result<(), Corruption> {
         let addr = p as usize;
@@ -792,13 +1058,23 @@ impl<G: Geometry> Heap<G> {
                 pool as usize,
             );
         }
-        // SAFETY: a carved pool of a live arena has an initialised header.
-        let (count, szidx, nextoffset) = unsafe {
-            (
-                (*pool).count as usize,
-                (*pool).szidx as usize,
-                (*pool).nextoffset as usize,
-            )
+        if a.is_decommitted::<G>(pool) {
+            return bad(
+                "pointer is in a pool with no live block (double free?)",
+                0,
+                0,
+            );
+        }
+        // SAFETY: a carved pool of a live arena has an initialised header; `owner` and `szidx`
+        // are written under the arenas lock, which we hold.
+        let (owner, szidx) = unsafe { ((*pool).owner, (*pool).szidx as usize) };
+        // The count and the carving mark are the owner's to write: read them only for our own
+        // pools (a heap we own, or the shared heap, whose lock the caller holds).
+        let (count, nextoffset) = if owner == me {
+            // SAFETY: as above; the caller owns the pool when `owner == me`.
+            unsafe { ((*pool).count(), (*pool).nextoffset as usize) }
+        } else {
+            (usize::from(owner != NO_OWNER), G::POOL_SIZE)
         };
         if count == 0 {
             return bad(
@@ -836,7 +1112,19 @@ impl<G: Geometry> Heap<G> {
     }
 
     /// Checks every invariant listed in the module docs; O(size of the heap).
-    pub(crate) fn check_invariants(&self, map: &ArenaMap<G>) -> Result<(), Corruption> {
+    ///
+    /// `heap_of(owner)` gives the heap with that id if the caller may inspect it (it owns it or
+    /// has claimed it); pools of other heaps are checked only in what their owners do not
+    /// change without this lock. Each inspectable heap's lists are checked by the caller
+    /// (`Heap::check_lists`).
+    pub(crate) fn check_invariants<'h>(
+        &self,
+        map: &ArenaMap<G>,
+        heap_of: impl Fn(u32) -> Option<&'h Heap<G>>,
+    ) -> Result<(), Corruption>
+    where
+        G: 'h,
+    {
         let fail = |what, address: usize, expected, found| {
             Err(Corruption {
                 what,
@@ -845,36 +1133,6 @@ impl<G: Geometry> Heap<G> {
                 found,
             })
         };
-        // Used pools.
-        for class in 0..G::NB_SMALL_SIZE_CLASSES {
-            let mut prev: *mut PoolHeader = ptr::null_mut();
-            let mut pool = self.usedpools[class];
-            while !pool.is_null() {
-                // SAFETY: pools in the lists are initialised headers (that is what we check).
-                let h = unsafe { &*pool };
-                let at = pool as usize;
-                if h.prevpool != prev {
-                    return fail(
-                        "usedpools back link",
-                        at,
-                        prev as usize,
-                        h.prevpool as usize,
-                    );
-                }
-                if h.szidx as usize != class {
-                    return fail("pool in the wrong class list", at, class, h.szidx as usize);
-                }
-                let cap = G::blocks_per_pool(class);
-                if h.count as usize >= cap {
-                    return fail("full pool in a class list", at, cap, h.count as usize);
-                }
-                if h.count == 0 && !(prev.is_null() && h.nextpool.is_null()) {
-                    return fail("empty pool in a class list with other pools", at, 1, 0);
-                }
-                prev = pool;
-                pool = h.nextpool;
-            }
-        }
         // Arenas and their pools.
         let mut live = 0;
         for ai in 0..self.arenas.capacity() {
@@ -914,13 +1172,8 @@ impl<G: Geometry> Heap<G> {
                 }
                 // SAFETY: pools on freepools are initialised headers.
                 let h = unsafe { &*fp };
-                if h.count != 0 || h.arenaindex != ai {
-                    return fail(
-                        "pool on freepools is in use",
-                        fp as usize,
-                        0,
-                        h.count as usize,
-                    );
+                if h.count() != 0 || h.arenaindex != ai {
+                    return fail("pool on freepools is in use", fp as usize, 0, h.count());
                 }
                 if free > G::MAX_POOLS_IN_ARENA {
                     return fail(
@@ -939,18 +1192,35 @@ impl<G: Geometry> Heap<G> {
             if a.nfreepools as usize != expect {
                 return fail("arena nfreepools", base, expect, a.nfreepools as usize);
             }
-            let busy = Self::carved_pools(a)
-                // SAFETY: carved pools have initialised headers.
-                .filter(|&p| unsafe { (*p).count } != 0)
-                .count();
-            let mut kept = [ptr::null_mut(); MAX_CLASSES];
+            // The pin rule, checked where one heap holds every pool in use of the arena.
+            let (mut busy, mut owners, mut kept_at) = (0, [NO_OWNER; 2], 0);
+            for pool in Self::carved_pools(a) {
+                // SAFETY: carved pools have initialised headers; `owner` is written under
+                // this lock, `count` is atomic.
+                let (owner, count) = unsafe { ((*pool).owner, (*pool).count()) };
+                if owner == NO_OWNER {
+                    continue;
+                }
+                if owners[0] == NO_OWNER || owners[0] == owner {
+                    owners[0] = owner;
+                } else {
+                    owners[1] = owner;
+                }
+                if count != 0 {
+                    busy += 1;
+                } else {
+                    kept_at = pool as usize;
+                }
+            }
             if busy == 0
+                && kept_at != 0
+                && owners[1] == NO_OWNER
                 && self.narenas_currently_allocated > 1
-                && self.kept_pools_in(ai, ptr::null_mut(), &mut kept) != 0
+                && heap_of(owners[0]).is_some()
             {
                 return fail(
                     "a kept empty pool pins an arena with no pool in use",
-                    kept[0] as usize,
+                    kept_at,
                     0,
                     1,
                 );
@@ -959,9 +1229,40 @@ impl<G: Geometry> Heap<G> {
                 // SAFETY: carved pools have initialised headers.
                 let h = unsafe { &*pool };
                 let k = (pool as usize - base) / G::POOL_SIZE;
-                let kept = (h.szidx as usize) < G::NB_SMALL_SIZE_CLASSES
-                    && self.usedpools[h.szidx as usize] == pool;
-                if h.count == 0 && on_freepools[k / 64] & (1 << (k % 64)) == 0 && !kept {
+                let on_list = on_freepools[k / 64] & (1 << (k % 64)) != 0;
+                if on_list != (h.owner == NO_OWNER) {
+                    return fail(
+                        "pool owner disagrees with the arena's free list",
+                        pool as usize,
+                        usize::from(on_list),
+                        h.owner as usize,
+                    );
+                }
+                if h.owner == NO_OWNER {
+                    if h.arenaindex != ai {
+                        return fail(
+                            "pool arena index",
+                            pool as usize,
+                            ai as usize,
+                            h.arenaindex as usize,
+                        );
+                    }
+                    continue;
+                }
+                let Some(heap) = heap_of(h.owner) else {
+                    // Another thread's pool: only what that thread cannot change under us.
+                    if h.arenaindex != ai || h.szidx as usize >= G::NB_SMALL_SIZE_CLASSES {
+                        return fail(
+                            "pool header of another heap",
+                            pool as usize,
+                            ai as usize,
+                            h.arenaindex as usize,
+                        );
+                    }
+                    continue;
+                };
+                let kept = heap.is_kept(pool, h.szidx as usize);
+                if h.count() == 0 && !kept {
                     // Lost to every list: nothing would ever hand its blocks out again (or a
                     // full pool's header was overwritten with zeros).
                     return fail("pool with no live block on no list", pool as usize, 0, 0);
@@ -974,7 +1275,7 @@ impl<G: Geometry> Heap<G> {
                         h.arenaindex as usize,
                     );
                 }
-                if h.count == 0 {
+                if h.count() == 0 {
                     continue;
                 }
                 let class = h.szidx as usize;
@@ -1014,9 +1315,29 @@ impl<G: Geometry> Heap<G> {
                     // SAFETY: `b` is a block of this pool (checked above) holding its link.
                     b = unsafe { b.cast::<*mut u8>().read() };
                 }
+                // Blocks other threads freed into the pool are still counted in `count`.
+                let mut nremote = 0;
+                let mut b: *mut u8 =
+                    ptr::with_exposed_provenance_mut(h.remote.load(Acquire) & !0b11);
+                while !b.is_null() {
+                    nremote += 1;
+                    if nremote > cap {
+                        return fail("remote list has a cycle", pool as usize, cap, nremote);
+                    }
+                    // SAFETY: blocks on the remote list are dead blocks holding their link.
+                    b = unsafe { b.cast::<*mut u8>().read() };
+                }
                 // SAFETY: `pool` is an initialised header.
                 let virgin = unsafe { pool::virgin_blocks::<G>(pool) };
-                let total = h.count as usize + nfree + virgin;
+                if nremote > h.count() {
+                    return fail(
+                        "more remote frees than live blocks",
+                        pool as usize,
+                        h.count(),
+                        nremote,
+                    );
+                }
+                let total = h.count() + nfree + virgin;
                 if total != cap {
                     return fail(
                         "count + |free list| + virgin != capacity",

@@ -82,14 +82,18 @@ pub mod stats;
 pub mod sync;
 #[cfg(not(loom))]
 mod sync;
+#[cfg(not(loom))]
+mod tls;
 mod util;
 
 #[cfg(not(loom))]
 use core::alloc::{GlobalAlloc, Layout};
 #[cfg(not(loom))]
+use core::cell::UnsafeCell;
+#[cfg(not(loom))]
 use core::ptr;
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
 
 #[cfg(not(loom))]
 pub use geometry::{Geometry, GeometryExt, Py37, Py310};
@@ -101,11 +105,18 @@ pub use stats::{ClassStats, Corruption, Stats};
 #[cfg(not(loom))]
 use counters::LargeCounters;
 #[cfg(not(loom))]
-use heap::Heap;
+use heap::{Heap, Shared};
 #[cfg(not(loom))]
-use map::ArenaMap;
+use pool::{PoolHeader, SHARED};
 #[cfg(not(loom))]
 use sync::Lock;
+#[cfg(not(loom))]
+pub use tls::MAX_SLOTS;
+
+/// The `owner` given to validation when the caller owns no heap of the pool (so that fields
+/// only the owner writes are not read).
+#[cfg(not(loom))]
+const NOBODY: u32 = u32::MAX - 2;
 
 #[cfg(not(loom))]
 /// CPython's small-object allocator, usable as `#[global_allocator]`.
@@ -117,12 +128,41 @@ use sync::Lock;
 ///
 /// Dropping a `PyMalloc` unmaps all its arenas: blocks still allocated from it dangle.
 pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
-    heap: Lock<Heap<G>>,  // the pools and arenas, one thread at a time
-    map: ArenaMap<G>,     // address -> arena, read without the lock
-    backend: B,           // layer +1
-    large: LargeCounters, // live blocks passed to the backend, and their bytes
-    fallback: AtomicBool, // set for good once a small block came from the backend
+    slots: [Slot<G>; MAX_SLOTS], // heap t belongs to the thread in slot t (see `tls`)
+    shared_heap: Lock<Heap<G>>,  // for threads without a slot
+    shared: Shared<G>,           // the arenas (locked) and the arena map
+    backend: B,                  // layer +1
+    large: LargeCounters,        // live blocks passed to the backend, and their bytes
+    fallback: AtomicBool,        // set for good once a small block came from the backend
 }
+
+/// One thread's heap in one allocator, and its delayed list: blocks other threads freed into
+/// its full pools (see `pool`). Only the holder of the slot (its thread, or a thread that has
+/// claimed it) touches `heap`; anyone may push on `delayed`.
+#[cfg(not(loom))]
+struct Slot<G: Geometry> {
+    heap: UnsafeCell<Heap<G>>,
+    delayed: AtomicPtr<u8>,
+}
+
+#[cfg(not(loom))]
+impl<G: Geometry> Slot<G> {
+    const fn new(id: u32) -> Self {
+        Self {
+            heap: UnsafeCell::new(Heap::new(id)),
+            delayed: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+}
+
+// SAFETY: a slot's heap is reached only by the holder of the slot (`tls`: its thread, or a
+// thread that claimed it, with Acquire/Release hand-overs), or read by the sentinel's readers
+// when it is all null; the rest is atomic or locked.
+#[cfg(not(loom))]
+unsafe impl<B: GlobalAlloc + Sync, G: Geometry> Sync for PyMalloc<B, G> {}
+// SAFETY: moving the allocator moves the heaps it owns; nothing refers to its address.
+#[cfg(not(loom))]
+unsafe impl<B: GlobalAlloc + Send, G: Geometry> Send for PyMalloc<B, G> {}
 
 #[cfg(not(loom))]
 impl PyMalloc {
@@ -153,9 +193,16 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// ```
     pub const fn with_backend(backend: B) -> Self {
         let () = G::VALID;
+        let mut slots = [const { Slot::new(0) }; MAX_SLOTS];
+        let mut t = 1;
+        while t < MAX_SLOTS {
+            slots[t] = Slot::new(t as u32);
+            t += 1;
+        }
         Self {
-            heap: Lock::new(Heap::new()),
-            map: ArenaMap::new(),
+            slots,
+            shared_heap: Lock::new(Heap::new(SHARED)),
+            shared: Shared::new(),
             backend,
             large: LargeCounters::new(),
             fallback: AtomicBool::new(false),
@@ -168,10 +215,18 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     }
 
     /// A snapshot of the allocator's figures; print it with `{}` for a report shaped like
-    /// CPython's `sys._debugmallocstats()`. Walks every pool under the heap lock; never
-    /// allocates.
+    /// CPython's `sys._debugmallocstats()`. Never allocates.
+    ///
+    /// First collects what other threads freed into the calling thread's pools and into the
+    /// heaps of threads that have exited (whose empty pools then go back to their arenas),
+    /// then walks every pool under the arenas lock. Blocks freed into the pools of a thread
+    /// that is still running are counted in use until that thread collects them (when its
+    /// pool runs dry); once every other thread that allocated has exited, the figures are
+    /// exact.
     pub fn stats(&self) -> Stats {
-        let mut s = self.heap.lock().stats(&self.map);
+        self.collect_own(true);
+        self.collect_free_slots(0);
+        let mut s = self.shared.arenas.lock().stats(&self.shared.map);
         (s.large_blocks, s.large_bytes) = self.large.read();
         s
     }
@@ -180,19 +235,28 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// table lookups, never touching the memory at `ptr`. Blocks passed to the backend are not
     /// "in an arena" and give `false`.
     pub fn owns(&self, ptr: *const u8) -> bool {
-        self.map.lookup(ptr as usize).is_some()
+        self.shared.map.lookup(ptr as usize).is_some()
     }
 
     /// Gives back what the allocator keeps in reserve: each size class's last empty pool
     /// (kept so that allocating and freeing one block at a time does not move a pool to its
-    /// arena and back on every pair; only ever kept in an arena that also holds live blocks)
-    /// and the one wholly free arena kept against mapping and unmapping an arena in a loop.
-    /// Wholly free arenas go back to the OS, and the free pools of the arenas that stay give
-    /// their pages back (`madvise`). Returns how many arenas were released.
+    /// arena and back on every pair) in the calling thread's heap, the shared heap and the
+    /// heaps of exited threads (after collecting what other threads freed into them), and the
+    /// one wholly free arena kept against mapping and unmapping an arena in a loop. Wholly
+    /// free arenas go back to the OS, and the free pools of the arenas that stay give their
+    /// pages back (`madvise`). Returns how many arenas were released (counted as the change in
+    /// live arenas, so arenas other threads map meanwhile count against it).
     ///
-    /// Without it, a program that frees everything keeps at most that one arena mapped.
+    /// Other running threads keep their kept pools. Without it, a single-threaded program that
+    /// frees everything keeps at most one arena mapped.
     pub fn trim(&self) -> usize {
-        self.heap.lock().trim(&self.map)
+        let before = self.shared.arenas.lock().live_arenas();
+        self.collect_own(false);
+        self.shared_heap.lock().collect_all(&self.shared, false);
+        self.collect_free_slots(0);
+        let mut ar = self.shared.arenas.lock();
+        ar.trim(&self.shared.map);
+        before.saturating_sub(ar.live_arenas())
     }
 
     /// Makes this allocator safe across `fork()` from a multi-threaded process: its heap lock
@@ -210,7 +274,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// assert!(GLOBAL.enable_fork_safety());
     /// ```
     pub fn enable_fork_safety(&'static self) -> bool {
-        fork::register(self.heap.raw())
+        fork::register(self.shared_heap.raw()) && fork::register(self.shared.arenas.raw())
     }
 
     /// Walks the whole heap and checks every invariant of pools, arenas and lists (listed in
@@ -219,7 +283,39 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// # Errors
     /// The first broken invariant found, with the address concerned.
     pub fn check_invariants(&self) -> Result<(), Corruption> {
-        self.heap.lock().check_invariants(&self.map)
+        let me = tls::current();
+        let mut claimed = [false; MAX_SLOTS];
+        for (t, c) in claimed.iter_mut().enumerate().skip(1) {
+            *c = t != me && tls::try_claim(t);
+        }
+        let result = {
+            let shared_heap = self.shared_heap.lock();
+            let ar = self.shared.arenas.lock();
+            let inspectable = |owner: u32| -> Option<&Heap<G>> {
+                let t = owner as usize;
+                if owner == SHARED {
+                    Some(&*shared_heap)
+                } else if t < MAX_SLOTS && t != 0 && (t == me || claimed[t]) {
+                    // SAFETY: slot `t` is ours or claimed: nobody else touches its heap.
+                    Some(unsafe { &*self.slots[t].heap.get() })
+                } else {
+                    None
+                }
+            };
+            ar.check_invariants(&self.shared.map, inspectable)
+                .and_then(|()| {
+                    shared_heap.check_lists()?;
+                    (1..MAX_SLOTS)
+                        .filter_map(|t| inspectable(t as u32))
+                        .try_for_each(|h| h.check_lists())
+                })
+        };
+        for (t, &c) in claimed.iter().enumerate() {
+            if c {
+                tls::release_claim(t);
+            }
+        }
+        result
     }
 
     /// A block of class `class` for `layout`: from the pools, or, if no arena can be mapped,
@@ -228,9 +324,15 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// arena map whether a block is ours, so such blocks go back to the backend.
     #[inline(always)]
     fn alloc_small(&self, class: usize, layout: Layout, zeroed: bool) -> *mut u8 {
-        let p = self.heap.lock().alloc(class, &self.map);
+        let t = tls::current() & (MAX_SLOTS - 1);
+        // SAFETY: heap `t` is this thread's (its slot), or the sentinel heap 0, whose lists
+        // stay empty and which `try_alloc` then only reads.
+        let mut p = unsafe { Heap::try_alloc(self.slots[t].heap.get(), class) };
         if util::unlikely(p.is_null()) {
-            return self.alloc_small_fallback(layout, zeroed);
+            p = self.alloc_slow(class);
+            if p.is_null() {
+                return self.alloc_small_fallback(layout, zeroed);
+            }
         }
         if zeroed {
             // A reused block holds old data and its free-list link: clear what the caller
@@ -249,7 +351,11 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         self.fallback.store(true, Relaxed);
         let p = self.alloc_large(layout, zeroed);
         if cfg!(debug_assertions) && !p.is_null() {
-            self.heap.lock().fallbacks.insert(p as usize, layout.size());
+            self.shared
+                .arenas
+                .lock()
+                .fallbacks
+                .insert(p as usize, layout.size());
         }
         p
     }
@@ -295,8 +401,8 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         if !cfg!(debug_assertions) {
             return;
         }
-        let mut heap = self.heap.lock();
-        let (what, expected, found) = match heap.fallbacks.remove(ptr as usize) {
+        let mut ar = self.shared.arenas.lock();
+        let (what, expected, found) = match ar.fallbacks.remove(ptr as usize) {
             Some(size) => {
                 let (was, now) = (
                     G::size_class(size.max(1)),
@@ -311,7 +417,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
                     was,
                 )
             }
-            None if !heap.fallbacks.is_complete() => return,
+            None if !ar.fallbacks.is_complete() => return,
             None => (
                 "pointer is not inside any arena of this allocator, nor a live block it passed \
                  to layer +1 when no arena could be mapped",
@@ -341,7 +447,8 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             "layout routes to layer +1 but the block is a pool block"
         } else if self.fallback.load(Relaxed)
             && self
-                .heap
+                .shared
+                .arenas
                 .lock()
                 .fallbacks
                 .recorded_size(ptr as usize)
@@ -361,13 +468,21 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     }
 
     /// In debug builds, verifies that `ptr` is a live-looking block of class `class` of this
-    /// allocator, and otherwise reports the bad free and aborts.
+    /// allocator, and otherwise reports the bad free and aborts. `me` is the heap the caller
+    /// owns (only a pool of that heap has its count and carving checked).
     #[inline(always)]
-    fn debug_check_block(&self, heap: &Heap<G>, ptr: *mut u8, class: usize, layout: Layout) {
-        if cfg!(debug_assertions)
-            && let Err(c) = heap.validate_block(ptr, class, layout.size(), &self.map)
-        {
-            bad_free(ptr, layout, &c);
+    fn debug_check_block(&self, ptr: *mut u8, class: usize, layout: Layout, me: u32) {
+        if cfg!(debug_assertions) {
+            let r = self.shared.arenas.lock().validate_block(
+                ptr,
+                class,
+                layout.size(),
+                me,
+                &self.shared.map,
+            );
+            if let Err(c) = r {
+                bad_free(ptr, layout, &c);
+            }
         }
     }
 }
@@ -461,7 +576,11 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
                     (q, new_size)
                 };
                 if q.is_null() || new_class.is_some() {
-                    self.heap.lock().fallbacks.insert(live as usize, size);
+                    self.shared
+                        .arenas
+                        .lock()
+                        .fallbacks
+                        .insert(live as usize, size);
                 }
             }
             return q;
@@ -469,7 +588,7 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
         match (old_class, new_class) {
             (Some(old), Some(new)) => {
                 if cfg!(debug_assertions) {
-                    self.debug_check_block(&self.heap.lock(), ptr, old, layout);
+                    self.debug_check_block(ptr, old, layout, NOBODY);
                 }
                 // The block's real class may exceed the layout's after an in-place shrink.
                 // SAFETY: by the realloc contract `ptr` is live and was allocated with
@@ -536,10 +655,136 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// `ptr` is a live block of this heap's pools, allocated with `layout`.
     #[inline(always)]
     unsafe fn dealloc_small(&self, ptr: *mut u8, class: usize, layout: Layout) {
-        let mut heap = self.heap.lock();
-        self.debug_check_block(&heap, ptr, class, layout);
-        // SAFETY: forwarded from the caller.
-        unsafe { heap.free(ptr, &self.map) };
+        let t = tls::current() & (MAX_SLOTS - 1);
+        self.debug_check_block(ptr, class, layout, t as u32);
+        let pool = pool::pool_of::<G>(ptr);
+        // SAFETY: `ptr` is a live block of our pools, so its pool's header is initialised and
+        // its `owner` stays as it is while the block lives. Slot 0 owns no pool.
+        if util::likely(unsafe { (*pool).owner } == t as u32) {
+            // SAFETY: the pool is heap `t`'s, and heap `t` is this thread's.
+            unsafe { (*self.slots[t].heap.get()).free(ptr, &self.shared, true) };
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.dealloc_remote(ptr, pool, class, layout) };
+        }
+    }
+
+    /// Frees a block of a pool that the calling thread's heap does not own: under the lock
+    /// for the shared heap's pools; as the owner after claiming the slot of an exited thread;
+    /// otherwise on the pool's remote list (or the owner's delayed list, see `pool`).
+    ///
+    /// # Safety
+    /// `ptr` is a live block of pool `pool` of this allocator, allocated with `layout`.
+    #[inline(never)]
+    unsafe fn dealloc_remote(
+        &self,
+        ptr: *mut u8,
+        pool: *mut PoolHeader,
+        class: usize,
+        layout: Layout,
+    ) {
+        // SAFETY: as in `dealloc_small`.
+        let owner = unsafe { (*pool).owner };
+        if owner == SHARED {
+            let mut heap = self.shared_heap.lock();
+            self.debug_check_block(ptr, class, layout, SHARED);
+            // SAFETY: the shared heap's pool, and we hold its lock.
+            unsafe { heap.free(ptr, &self.shared, true) };
+            return;
+        }
+        let t = owner as usize;
+        let Some(slot) = self.slots.get(t).filter(|_| t != 0) else {
+            // Not a pool in use: a bad free, which debug builds have reported already.
+            return;
+        };
+        if tls::try_claim(t) {
+            // The owner has exited: free as the owner, and give back what empties.
+            // SAFETY: we hold slot `t`; the pool is its heap's, listed exactly when it has a
+            // free block once the delayed blocks are freed.
+            unsafe {
+                let heap = &mut *slot.heap.get();
+                heap.drain_delayed(&slot.delayed, &self.shared);
+                if !(*pool).freeblock.is_null() {
+                    pool::collect(pool);
+                }
+                heap.free(ptr, &self.shared, false);
+            }
+            tls::release_claim(t);
+            return;
+        }
+        // SAFETY: a live block of an initialised pool, dead from now on.
+        if unsafe { pool::remote_push(pool, ptr) } {
+            // SAFETY: we moved the pool's tag from FULL to QUEUED.
+            unsafe { pool::push_delayed(&slot.delayed, ptr) };
+        }
+    }
+
+    /// The slow path of a small allocation: the thread's heap has no pool of this class with a
+    /// free block (or the thread has no heap yet). Registers the thread, frees its delayed
+    /// blocks, takes a pool from the arenas; before mapping a new arena, collects the heaps of
+    /// exited threads, whose empty pools may then serve. Threads without a slot use the shared
+    /// heap under its lock. Null if no arena could be mapped.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self, class: usize) -> *mut u8 {
+        let t = tls::register();
+        if t == 0 {
+            return self.shared_heap.lock().alloc(class, &self.shared);
+        }
+        let slot = &self.slots[t];
+        // SAFETY: slot `t` is this thread's, so is its heap; no other reference to it exists
+        // while we run (claims only take free slots).
+        let heap = unsafe { &mut *slot.heap.get() };
+        // SAFETY: `slot.delayed` is this heap's delayed list.
+        if unsafe { heap.drain_delayed(&slot.delayed, &self.shared) } {
+            // SAFETY: our own heap.
+            let p = unsafe { Heap::try_alloc(heap, class) };
+            if !p.is_null() {
+                return p;
+            }
+        }
+        if let Some(p) = heap.alloc_from_new_pool(class, &self.shared, false) {
+            return p;
+        }
+        self.collect_free_slots(t);
+        heap.alloc_from_new_pool(class, &self.shared, true)
+            .unwrap_or(ptr::null_mut())
+    }
+
+    /// Collects the calling thread's heap: frees its delayed blocks, takes in every remote
+    /// free, gives back the pools that are then empty (and the kept ones unless `keep`).
+    fn collect_own(&self, keep: bool) {
+        let t = tls::current() & (MAX_SLOTS - 1);
+        if t == 0 {
+            return;
+        }
+        let slot = &self.slots[t];
+        // SAFETY: slot `t` is this thread's.
+        unsafe {
+            let heap = &mut *slot.heap.get();
+            heap.drain_delayed(&slot.delayed, &self.shared);
+            heap.collect_all(&self.shared, keep);
+        }
+    }
+
+    /// Claims, one at a time, every free slot other than `except` whose heap holds pools and
+    /// collects it (see `collect_own`), giving back its empty and kept pools.
+    #[cold]
+    fn collect_free_slots(&self, except: usize) {
+        for (t, slot) in self.slots.iter().enumerate().skip(1) {
+            if t == except || !tls::try_claim(t) {
+                continue;
+            }
+            // SAFETY: we hold slot `t`.
+            unsafe {
+                let heap = &mut *slot.heap.get();
+                heap.drain_delayed(&slot.delayed, &self.shared);
+                if !heap.is_empty() {
+                    heap.collect_all(&self.shared, false);
+                }
+            }
+            tls::release_claim(t);
+        }
     }
 
     /// `realloc` of a backend block.
@@ -556,9 +801,12 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
 #[cfg(not(loom))]
 impl<B: GlobalAlloc, G: Geometry> Drop for PyMalloc<B, G> {
     fn drop(&mut self) {
-        self.heap.get_mut().release_everything(&self.map);
+        self.shared
+            .arenas
+            .get_mut()
+            .release_everything(&self.shared.map);
         // SAFETY: `&mut self`: no other thread can reach the map.
-        unsafe { self.map.release() };
+        unsafe { self.shared.map.release() };
     }
 }
 

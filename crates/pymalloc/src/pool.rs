@@ -22,31 +22,80 @@
 //! `count + |free list| + (maxnextoffset + size - nextoffset) / size == cap`, and
 //! `freeblock` is null exactly when the pool is full (`count == cap`).
 //!
-//! Pools carry no lock and know nothing of threads: every function here takes a pool its
-//! caller owns exclusively.
+//! # Owners and remote frees
+//! Every pool in use belongs to one heap (`owner`: a thread heap's slot, or [`SHARED`] for the
+//! locked shared heap), set when the heap takes the pool from its arena and stable while the pool
+//! holds a live block. Only the owner touches `freeblock`, `nextoffset` and the list links, with
+//! plain accesses; `count` is an atomic written only by the owner (relaxed loads and stores,
+//! plain moves on every target we build for) so that statistics may read it from any thread.
+//!
+//! Another thread frees a block into the pool with [`remote_push`]: a CAS pushes it on
+//! `remote`, a Treiber stack whose two low bits (blocks are 16-byte aligned) hold a tag:
+//!
+//! - `LISTED`: the pool is in its owner's class list (or the owner is working on it). The owner
+//!   takes the whole stack with one swap ([`collect`]) when the pool's free list and virgin
+//!   blocks are exhausted, before it declares the pool full.
+//! - `FULL`: the owner found the pool full, unlinked it, and set the tag ([`mark_full`], which
+//!   succeeds only if no remote block is pending). A full pool is in no list, so the next remote
+//!   free must tell the owner: it swings the tag to `QUEUED` and, instead of pushing its block
+//!   on the pool, pushes it on the owner heap's *delayed* list. The owner frees delayed blocks
+//!   as its own on its slow path; that free finds the pool full and re-lists it.
+//! - `QUEUED`: a delayed block of this pool is on (or on its way to) the owner's delayed list, so
+//!   the pool will be re-listed; further remote frees just push on the pool.
+//!
+//! The owner sets `LISTED` again when it re-lists the pool ([`mark_listed`]), whatever the tag
+//! was. Memory orderings: a push is a `Release` CAS and the owner's swap is `Acquire`, so the
+//! owner sees the link written into the block and every write the freeing thread made to it
+//! before freeing. Tag changes carry no data (they are read-modify-writes of the one word, so
+//! they are totally ordered with every push), and are `Relaxed`.
 
 use core::ptr;
 
 use crate::geometry::{Geometry, GeometryExt};
+use crate::sync::atomic::{AtomicU16, AtomicUsize, Ordering::*};
+
+/// `owner` of a pool on its arena's free list (or never used).
+pub(crate) const NO_OWNER: u32 = u32::MAX;
+/// `owner` of a pool of the locked shared heap (threads with no heap of their own).
+pub(crate) const SHARED: u32 = u32::MAX - 1;
+
+const TAG_MASK: usize = 0b11;
+const LISTED: usize = 0;
+const FULL: usize = 1;
+const QUEUED: usize = 2;
 
 /// The class index of a pool that has never held blocks. CPython: `DUMMY_SIZE_IDX`.
 pub(crate) const DUMMY_SIZE_IDX: u16 = 0xffff;
 
 /// The header at the start of every pool. 48 bytes on 64-bit targets, like CPython's
 /// `pool_header`; the layout differs (narrower counters) to leave room for what per-thread
-/// heaps need: an owner id and a remote-free list head.
+/// heaps need: an owner and a remote-free list head.
 #[repr(C)]
 pub(crate) struct PoolHeader {
-    pub(crate) count: u16,                // blocks in use
-    pub(crate) szidx: u16,                // size class, or DUMMY_SIZE_IDX before first use
-    pub(crate) nextoffset: u16,           // bytes from pool start to the first virgin block
-    pub(crate) maxnextoffset: u16,        // largest nextoffset that still fits a block
-    pub(crate) arenaindex: u32,           // owning arena's index in the arena table
-    pub(crate) owner: u32,                // reserved: owning heap, 0 today
-    pub(crate) freeblock: *mut u8,        // free list head; null iff the pool is full
+    pub(crate) count: AtomicU16, // blocks in use (owner writes, anyone may read)
+    pub(crate) szidx: u16,       // size class, or DUMMY_SIZE_IDX before first use
+    pub(crate) nextoffset: u16,  // bytes from pool start to the first virgin block
+    pub(crate) maxnextoffset: u16, // largest nextoffset that still fits a block
+    pub(crate) arenaindex: u32,  // owning arena's index in the arena table
+    pub(crate) owner: u32,       // owning heap's slot, SHARED or NO_OWNER
+    pub(crate) freeblock: *mut u8, // free list head; null iff the pool is full
     pub(crate) nextpool: *mut PoolHeader, // next pool in the class list / arena free list
     pub(crate) prevpool: *mut PoolHeader, // previous pool in the class list (null at head)
-    pub(crate) remote_free: *mut u8,      // reserved: blocks freed by other threads, null today
+    pub(crate) remote: AtomicUsize, // blocks freed by other threads | tag
+}
+
+impl PoolHeader {
+    /// Blocks in use (including those freed by other threads and not yet collected).
+    #[inline(always)]
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Relaxed) as usize
+    }
+
+    /// Sets the blocks in use; only the owner calls it.
+    #[inline(always)]
+    pub(crate) fn set_count(&self, n: usize) {
+        self.count.store(n as u16, Relaxed);
+    }
 }
 
 const _: () = assert!(size_of::<PoolHeader>() == 48 || size_of::<usize>() != 8);
@@ -94,7 +143,7 @@ pub(crate) unsafe fn init<G: Geometry>(pool: *mut PoolHeader, class: usize) -> *
     // because every pool holds at least two blocks (`Geometry::VALID`).
     unsafe {
         (*pool).szidx = class as u16;
-        (*pool).count = 1;
+        (*pool).set_count(1);
         (*pool).nextoffset = (G::POOL_OVERHEAD + 2 * size) as u16;
         (*pool).maxnextoffset = (G::POOL_SIZE - size) as u16;
         let bp = pool.cast::<u8>().add(G::POOL_OVERHEAD);
@@ -116,7 +165,7 @@ pub(crate) unsafe fn pop<G: Geometry>(pool: *mut PoolHeader, class: usize) -> (*
     unsafe {
         let bp = (*pool).freeblock;
         debug_assert!(!bp.is_null(), "pop from a full pool {pool:p}");
-        (*pool).count += 1;
+        (*pool).set_count((*pool).count() + 1);
         let next = next_free(bp);
         (*pool).freeblock = next;
         if crate::util::likely(!next.is_null()) {
@@ -159,10 +208,134 @@ pub(crate) unsafe fn push<G: Geometry>(p: *mut u8) -> (*mut PoolHeader, bool) {
         let lastfree = (*pool).freeblock;
         p.cast::<*mut u8>().write(lastfree);
         (*pool).freeblock = p;
-        debug_assert!((*pool).count > 0, "free into an empty pool {pool:p}");
-        (*pool).count -= 1;
+        let count = (*pool).count();
+        debug_assert!(count > 0, "free into an empty pool {pool:p}");
+        (*pool).set_count(count - 1);
         (pool, lastfree.is_null())
     }
+}
+
+/// Frees `block` into `pool` from a thread that does not own it. Returns `true` if the pool
+/// was marked full: the tag is now `QUEUED` and the caller must push `block` on the owner's
+/// delayed list (see the module docs) instead.
+///
+/// # Safety
+/// `block` is a live block of `pool`, dead from now on; `pool` is an initialised pool.
+#[inline]
+pub(crate) unsafe fn remote_push(pool: *mut PoolHeader, block: *mut u8) -> bool {
+    // SAFETY: the header is initialised; `remote` is only ever accessed atomically.
+    let word = unsafe { &(*pool).remote };
+    let mut old = word.load(Relaxed);
+    loop {
+        let tag = old & TAG_MASK;
+        if tag == FULL {
+            // The owner must hear of it: take over the notification (only one thread wins).
+            match word.compare_exchange_weak(old, (old & !TAG_MASK) | QUEUED, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => old = now,
+            }
+            continue;
+        }
+        let next: *mut u8 = ptr::with_exposed_provenance_mut(old & !TAG_MASK);
+        // SAFETY: the block is dead and ours to write; it is at least ALIGNMENT >= 8 bytes.
+        unsafe { block.cast::<*mut u8>().write(next) };
+        // Release: the owner's Acquire swap sees the link and our earlier writes to the block.
+        match word.compare_exchange_weak(old, block.expose_provenance() | tag, Release, Relaxed) {
+            Ok(_) => return false,
+            Err(now) => old = now,
+        }
+    }
+}
+
+/// Pushes `block` on a heap's delayed list (blocks of full pools freed by other threads).
+///
+/// # Safety
+/// `block` is a dead block whose pool's tag this thread just moved from `FULL` to `QUEUED`.
+pub(crate) unsafe fn push_delayed(list: &crate::sync::atomic::AtomicPtr<u8>, block: *mut u8) {
+    let mut old = list.load(Relaxed);
+    loop {
+        // SAFETY: as in `remote_push`.
+        unsafe { block.cast::<*mut u8>().write(old) };
+        match list.compare_exchange_weak(old, block, Release, Relaxed) {
+            Ok(_) => return,
+            Err(now) => old = now,
+        }
+    }
+}
+
+/// Takes the blocks other threads freed into `pool` and puts them on its free list; returns how
+/// many.
+///
+/// # Safety
+/// The caller owns `pool`, an initialised pool in its class list (tag `LISTED`).
+#[inline]
+pub(crate) unsafe fn collect(pool: *mut PoolHeader) -> usize {
+    // SAFETY: the header is initialised.
+    let word = unsafe { &(*pool).remote };
+    if word.load(Relaxed) == 0 {
+        return 0;
+    }
+    // Acquire: pairs with the Release of every push in the stack.
+    let head = word.swap(LISTED, Acquire) & !TAG_MASK;
+    let first: *mut u8 = ptr::with_exposed_provenance_mut(head);
+    let mut last = first;
+    let mut n = 1;
+    // SAFETY: every block on the stack is a dead block of this pool holding its link; the last
+    // one's link takes the pool's free list, which the owner (us) alone touches.
+    unsafe {
+        loop {
+            let next = next_free(last);
+            if next.is_null() {
+                break;
+            }
+            last = next;
+            n += 1;
+        }
+        last.cast::<*mut u8>().write((*pool).freeblock);
+        (*pool).freeblock = first;
+        (*pool).set_count((*pool).count() - n);
+    }
+    n
+}
+
+/// The owner found `pool` full (no free nor virgin block). Returns `true` if it is now tagged
+/// `FULL` (the caller unlinks it; the next remote free will tell the owner), `false` if other
+/// threads had freed blocks into it: those were collected and the pool is not full any more.
+///
+/// # Safety
+/// The caller owns `pool`, an initialised pool in its class list (tag `LISTED`).
+#[inline(never)]
+pub(crate) unsafe fn mark_full(pool: *mut PoolHeader) -> bool {
+    // SAFETY: the header is initialised.
+    let word = unsafe { &(*pool).remote };
+    if word
+        .compare_exchange(LISTED, FULL, Relaxed, Relaxed)
+        .is_ok()
+    {
+        return true;
+    }
+    // SAFETY: the tag is LISTED (the pool is listed), and the stack is not empty.
+    unsafe { collect(pool) };
+    false
+}
+
+/// The owner re-lists a pool that was full: back to `LISTED`, keeping pending remote blocks.
+///
+/// # Safety
+/// The caller owns `pool`, an initialised pool.
+#[inline]
+pub(crate) unsafe fn mark_listed(pool: *mut PoolHeader) {
+    // SAFETY: the header is initialised.
+    unsafe { (*pool).remote.fetch_and(!TAG_MASK, Relaxed) };
+}
+
+/// Resets the remote word of a pool that holds no live block (being taken or given back).
+///
+/// # Safety
+/// `pool` holds no live block, so no other thread can free into it.
+pub(crate) unsafe fn reset_remote(pool: *mut PoolHeader) {
+    // SAFETY: the header is ours.
+    unsafe { (*pool).remote.store(0, Relaxed) };
 }
 
 /// Virgin (never carved) blocks left in a pool.
@@ -210,7 +383,7 @@ mod tests {
                     full = f;
                 }
                 assert_eq!(blocks.len(), cap, "class {class}");
-                assert_eq!((*pool).count as usize, cap);
+                assert_eq!((*pool).count(), cap);
                 assert!((*pool).freeblock.is_null());
                 assert_eq!(virgin_blocks::<G>(pool), 0);
                 for (k, b) in blocks.iter().enumerate() {
@@ -226,7 +399,7 @@ mod tests {
                 for b in blocks.iter().rev() {
                     push::<G>(*b);
                 }
-                assert_eq!((*pool).count, 0);
+                assert_eq!((*pool).count(), 0);
             }
         });
     }
@@ -248,7 +421,7 @@ mod tests {
             unsafe {
                 let b = init::<Py310>(pool, 0);
                 assert_eq!(b as usize - pool as usize, 48);
-                assert_eq!((*pool).count, 1);
+                assert_eq!((*pool).count(), 1);
                 assert_eq!(virgin_blocks::<Py310>(pool), 1021 - 2);
             }
         });

@@ -1,0 +1,205 @@
+//! Which heap is the current thread's: the only module that knows how a thread finds its heap.
+//!
+//! Every thread that allocates gets a small number, its *slot* (1 to [`MAX_SLOTS`] − 1), held
+//! in a `thread_local!` with a `const` initialiser and no destructor: a bare thread-local
+//! variable, read with one instruction, never allocating, never registering anything. Slot 0
+//! is the *sentinel*: every allocator keeps an array of heaps indexed by slot
+//! (`PyMalloc::slots`), and heap 0 stays empty for good, so a thread that has no slot yet (or
+//! no longer has one) finds no pool on its fast path and falls into the slow path, which calls
+//! [`register`]. The fast path has no "is this thread initialised" test.
+//!
+//! One slot serves every allocator instance: thread `t` uses heap `t` of each `PyMalloc`.
+//!
+//! # Slot states (one word per slot, [`SLOTS`])
+//! ```text
+//!            register (CAS, Acquire)              try_claim (CAS, Acquire)
+//!   FREE  ------------------------->  OWNED    FREE ---------------------> CLAIMED
+//!   FREE  <-------------------------  OWNED    FREE <--------------------- CLAIMED
+//!         thread exit (store, Release)               release_claim (store, Release)
+//! ```
+//! A slot's heaps belong to whoever holds the slot. When a thread exits, its heaps stay as they
+//! are (pools, blocks, lists): the next thread to take the slot adopts them all. Meanwhile any
+//! thread may *claim* the free slot for a moment to work on one of its heaps as its owner
+//! (free a block into it, collect what other threads freed into it, give its empty pools back)
+//! and then release it. The `Acquire`/`Release` pairs hand the heaps' plain memory from one
+//! holder to the next.
+//!
+//! # Thread exit
+//! Detected by a `pthread_key_create` destructor: the key is created once, at the first
+//! registration (glibc keeps the first 32 keys inline, so `pthread_setspecific` does not
+//! allocate for it), and set to a non-null value when a thread takes a slot. The destructor
+//! sets the thread's slot to 0 and its phase to `TORN_DOWN`, then frees the slot. glibc calls
+//! `free` (and sometimes `malloc`) after the key destructors (`__libc_thread_freeres`); such a
+//! thread has slot 0 and a torn-down phase, and [`register`] sends it to the allocator's locked
+//! shared heap, without taking a slot again.
+//!
+//! More threads than slots: a thread that finds no free slot uses the shared heap and tries
+//! again on its next slow path.
+//!
+//! # fork
+//! In the child only the forking thread runs. The other threads' slots stay `OWNED` (or
+//! `CLAIMED`) for good: one of them may have been halfway through changing its heap when the
+//! process forked, so nothing in the child ever adopts or claims those heaps. Blocks of their
+//! pools can still be freed (a remote free touches only atomic words); their free space is not
+//! reused.
+//!
+//! # A second way
+//! A preloaded C `malloc` needs initial-exec TLS (see `docs/ARCHITECTURE.md`); it would replace
+//! [`current`] and the two `thread_local!`s here, and nothing else.
+
+use core::cell::Cell;
+
+use crate::sync::atomic::{AtomicU8, AtomicU32, Ordering::*};
+
+/// Slots, the sentinel included: at most `MAX_SLOTS - 1` threads have heaps of their own at a
+/// time; the others share the locked shared heap.
+pub const MAX_SLOTS: usize = 64;
+
+const FREE: u8 = 0;
+const OWNED: u8 = 1;
+const CLAIMED: u8 = 2;
+
+/// One slot's state, on a cache line of its own: claims by one thread must not slow down the
+/// slot checks of another.
+#[repr(align(64))]
+struct SlotState(AtomicU8);
+
+static SLOTS: [SlotState; MAX_SLOTS] = [const { SlotState(AtomicU8::new(FREE)) }; MAX_SLOTS];
+
+/// The thread has not registered yet.
+const FRESH: u8 = 0;
+/// The thread holds a slot.
+const LIVE: u8 = 1;
+/// The thread's exit has begun: it holds no slot and must not take one again.
+const TORN_DOWN: u8 = 2;
+
+std::thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+    static PHASE: Cell<u8> = const { Cell::new(FRESH) };
+}
+
+/// The current thread's slot: 0 until it registers, and again from its exit on.
+#[inline(always)]
+pub(crate) fn current() -> usize {
+    SLOT.with(Cell::get)
+}
+
+/// Gives the current thread a slot if it has none and may take one; returns its slot, or 0 if
+/// it must use the shared heap (no free slot, the thread is exiting, or its exit could not be
+/// watched). Never allocates.
+#[cold]
+#[inline(never)]
+pub(crate) fn register() -> usize {
+    let slot = current();
+    if slot != 0 || PHASE.with(Cell::get) != FRESH {
+        return slot;
+    }
+    let Some(key) = exit_key() else {
+        return 0;
+    };
+    for (t, s) in SLOTS.iter().enumerate().skip(1) {
+        if s.0.load(Relaxed) == FREE && s.0.compare_exchange(FREE, OWNED, Acquire, Relaxed).is_ok()
+        {
+            SLOT.with(|c| c.set(t));
+            PHASE.with(|c| c.set(LIVE));
+            // SAFETY: `key` is a key we created; a key below PTHREAD_KEY_2NDLEVEL_SIZE needs
+            // no allocation. The value only has to be non-null for the destructor to run.
+            unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
+            return t;
+        }
+    }
+    0
+}
+
+/// Takes free slot `t` for a moment, so as to work on its heaps; `false` if it is not free.
+#[inline]
+pub(crate) fn try_claim(t: usize) -> bool {
+    let s = &SLOTS[t].0;
+    s.load(Relaxed) == FREE && s.compare_exchange(FREE, CLAIMED, Acquire, Relaxed).is_ok()
+}
+
+/// Gives back a slot taken by [`try_claim`].
+#[inline]
+pub(crate) fn release_claim(t: usize) {
+    SLOTS[t].0.store(FREE, Release);
+}
+
+const KEY_NONE: u32 = u32::MAX;
+const KEY_BUSY: u32 = u32::MAX - 1;
+const KEY_FAILED: u32 = u32::MAX - 2;
+static EXIT_KEY: AtomicU32 = AtomicU32::new(KEY_NONE);
+
+/// The pthread key whose destructor frees a thread's slot, created on first use.
+fn exit_key() -> Option<libc::pthread_key_t> {
+    loop {
+        match EXIT_KEY.load(Acquire) {
+            KEY_FAILED => return None,
+            KEY_BUSY => core::hint::spin_loop(),
+            KEY_NONE => {
+                if EXIT_KEY
+                    .compare_exchange(KEY_NONE, KEY_BUSY, Acquire, Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let mut key: libc::pthread_key_t = 0;
+                // SAFETY: `key` is a valid out-pointer; the destructor is valid for the whole
+                // process. pthread_key_create does not allocate in glibc.
+                let ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
+                let v = if ok && key < KEY_FAILED {
+                    key
+                } else {
+                    KEY_FAILED
+                };
+                EXIT_KEY.store(v, Release);
+            }
+            key => return Some(key),
+        }
+    }
+}
+
+/// The key destructor: the thread is exiting. Its heaps stay for the next holder of the slot.
+extern "C" fn thread_exit(_value: *mut libc::c_void) {
+    let t = current();
+    SLOT.with(|c| c.set(0));
+    PHASE.with(|c| c.set(TORN_DOWN));
+    if t != 0 {
+        // Release: whoever takes or claims the slot next sees our heaps as we left them.
+        SLOTS[t].0.store(FREE, Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_takes_a_slot_and_frees_it_at_exit() {
+        std::thread::spawn(|| {
+            let t = register();
+            assert_ne!(t, 0);
+            assert_eq!(register(), t, "registering twice keeps the slot");
+            assert_eq!(current(), t);
+            assert_eq!(SLOTS[t].0.load(Relaxed), OWNED);
+            assert!(!try_claim(t), "an owned slot cannot be claimed");
+            // What the key destructor does at exit (it runs again, harmlessly, after this).
+            thread_exit(core::ptr::null_mut());
+            assert!(try_claim(t), "a freed slot can be claimed");
+            release_claim(t);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_torn_down_thread_does_not_register_again() {
+        std::thread::spawn(|| {
+            assert_ne!(register(), 0);
+            thread_exit(core::ptr::null_mut());
+            assert_eq!(current(), 0);
+            assert_eq!(register(), 0, "no slot after teardown");
+        })
+        .join()
+        .unwrap();
+    }
+}
