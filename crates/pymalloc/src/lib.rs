@@ -82,7 +82,6 @@ pub mod stats;
 pub mod sync;
 #[cfg(not(loom))]
 mod sync;
-#[cfg(not(loom))]
 mod tls;
 mod util;
 

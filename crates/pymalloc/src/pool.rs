@@ -98,6 +98,7 @@ impl PoolHeader {
     }
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<PoolHeader>() == 48 || size_of::<usize>() != 8);
 
 /// The pool holding address `p`, with the provenance of its arena.
@@ -424,6 +425,197 @@ mod tests {
                 assert_eq!((*pool).count(), 1);
                 assert_eq!(virgin_blocks::<Py310>(pool), 1021 - 2);
             }
+        });
+    }
+}
+
+/// loom models of the remote-free protocol (see the module documentation): a pool whose
+/// blocks another thread frees while the owner fills, marks and re-lists it. The pool header
+/// lives in a `Box` and its blocks are separate 16-byte-aligned boxes: the functions under test
+/// touch only the header and the blocks' first words.
+/// `RUSTFLAGS="--cfg loom" cargo test -p pymalloc --release --lib`
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::atomic::AtomicPtr;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    #[repr(align(16))]
+    struct Block([usize; 2]);
+
+    struct Pool {
+        header: Box<PoolHeader>,
+        blocks: Vec<Box<Block>>,
+        delayed: AtomicPtr<u8>, // the owner heap's delayed list
+    }
+
+    // SAFETY: the owner alone touches the header's plain fields; the model hands blocks over
+    // as the allocator's users would.
+    unsafe impl Sync for Pool {}
+    // SAFETY: as above.
+    unsafe impl Send for Pool {}
+
+    impl Pool {
+        /// A pool with `n` live blocks, no free one, listed.
+        fn full(n: usize) -> Arc<Self> {
+            let header = Box::new(PoolHeader {
+                count: AtomicU16::new(n as u16),
+                szidx: 0,
+                nextoffset: 0,
+                maxnextoffset: 0,
+                arenaindex: 0,
+                owner: 1,
+                freeblock: ptr::null_mut(),
+                nextpool: ptr::null_mut(),
+                prevpool: ptr::null_mut(),
+                remote: AtomicUsize::new(LISTED),
+            });
+            let blocks = (0..n).map(|_| Box::new(Block([0; 2]))).collect();
+            Arc::new(Self {
+                header,
+                blocks,
+                delayed: AtomicPtr::new(ptr::null_mut()),
+            })
+        }
+
+        fn pool(&self) -> *mut PoolHeader {
+            ptr::from_ref(&*self.header).cast_mut()
+        }
+
+        fn block(&self, i: usize) -> *mut u8 {
+            ptr::from_ref(&*self.blocks[i]).cast_mut().cast()
+        }
+
+        /// A free by another thread, as `PyMalloc::dealloc_remote` does it.
+        fn remote_free(&self, i: usize) {
+            let b = self.block(i);
+            // SAFETY: block `i` is live and ours to free.
+            unsafe {
+                if remote_push(self.pool(), b) {
+                    push_delayed(&self.delayed, b);
+                }
+            }
+        }
+    }
+
+    /// The owner's side: its heap's view of whether the pool is listed.
+    struct Owner {
+        listed: bool,
+    }
+
+    impl Owner {
+        /// The pool ran dry (`Heap::pool_filled`).
+        fn filled(&mut self, p: &Pool) {
+            // SAFETY: the owner's pool, listed.
+            if unsafe { mark_full(p.pool()) } {
+                self.listed = false;
+            }
+        }
+
+        /// The slow path: free the delayed blocks as the owner (`Heap::drain_delayed` and
+        /// `Heap::free`), re-listing a full pool.
+        fn drain(&mut self, p: &Pool) {
+            let mut b = p.delayed.swap(ptr::null_mut(), Acquire);
+            while !b.is_null() {
+                // SAFETY: delayed blocks are dead blocks of our pool holding their link.
+                unsafe {
+                    let next = b.cast::<*mut u8>().read();
+                    let pool = p.pool();
+                    let was_full = (*pool).freeblock.is_null();
+                    b.cast::<*mut u8>().write((*pool).freeblock);
+                    (*pool).freeblock = b;
+                    (*pool).set_count((*pool).count() - 1);
+                    if was_full {
+                        assert!(!self.listed, "a pool with no free block was listed");
+                        mark_listed(pool);
+                        self.listed = true;
+                    }
+                    b = next;
+                }
+            }
+        }
+
+        /// Blocks on the pool's free list.
+        fn free_blocks(&self, p: &Pool) -> usize {
+            let mut n = 0;
+            // SAFETY: the owner's pool; free blocks hold their links.
+            unsafe {
+                let mut b = (*p.pool()).freeblock;
+                while !b.is_null() {
+                    n += 1;
+                    b = b.cast::<*mut u8>().read();
+                }
+            }
+            n
+        }
+    }
+
+    /// The owner finds the pool full while another thread frees two of its blocks; the owner
+    /// then runs its slow path once more. Whatever the interleaving, both blocks end up on the
+    /// free list of a listed pool (none on a remote list of an unlisted pool, which the owner
+    /// would never look at again), and `count` says one block lives.
+    #[test]
+    fn remote_frees_into_a_pool_going_full_reach_its_owner() {
+        loom::model(|| {
+            let p = Pool::full(3);
+            let freer = {
+                let p = p.clone();
+                thread::spawn(move || {
+                    p.remote_free(1);
+                    p.remote_free(2);
+                })
+            };
+            let mut owner = Owner { listed: true };
+            owner.filled(&p);
+            owner.drain(&p);
+            freer.join().unwrap();
+            // The owner's later slow paths: the delayed list, then (once listed) the pool's
+            // remote list when it runs dry.
+            owner.drain(&p);
+            if owner.listed {
+                // SAFETY: our listed pool.
+                unsafe { collect(p.pool()) };
+            }
+            assert!(
+                owner.listed,
+                "the pool stayed unlisted with blocks freed into it: {:#x}",
+                p.header.remote.load(Relaxed)
+            );
+            assert_eq!(owner.free_blocks(&p), 2, "a freed block is lost");
+            assert_eq!(p.header.count(), 1);
+            assert_eq!(p.header.remote.load(Relaxed), LISTED);
+        });
+    }
+
+    /// Two threads free into a full pool at once: exactly one of them notifies the owner, the
+    /// other's block goes on the pool's remote list, and nothing is lost.
+    #[test]
+    fn two_remote_freers_notify_once() {
+        loom::model(|| {
+            let p = Pool::full(2);
+            let mut owner = Owner { listed: true };
+            owner.filled(&p);
+            assert!(!owner.listed);
+            let a = {
+                let p = p.clone();
+                thread::spawn(move || p.remote_free(0))
+            };
+            p.remote_free(1);
+            a.join().unwrap();
+            let mut delayed = 0;
+            let mut b = p.delayed.load(Acquire);
+            while !b.is_null() {
+                delayed += 1;
+                // SAFETY: a dead block holding its link.
+                b = unsafe { b.cast::<*mut u8>().read() };
+            }
+            assert_eq!(delayed, 1, "the owner must be told exactly once");
+            owner.drain(&p);
+            // SAFETY: our listed pool.
+            unsafe { collect(p.pool()) };
+            assert_eq!(owner.free_blocks(&p), 2);
+            assert_eq!(p.header.count(), 0);
         });
     }
 }

@@ -49,10 +49,13 @@
 
 use core::cell::Cell;
 
-use crate::sync::atomic::{AtomicU8, AtomicU32, Ordering::*};
+#[cfg(not(loom))]
+use crate::sync::atomic::AtomicU32;
+use crate::sync::atomic::{AtomicU8, Ordering::*};
 
 /// Slots, the sentinel included: at most `MAX_SLOTS - 1` threads have heaps of their own at a
 /// time; the others share the locked shared heap.
+#[cfg_attr(loom, allow(unreachable_pub))]
 pub const MAX_SLOTS: usize = 64;
 
 const FREE: u8 = 0;
@@ -64,7 +67,52 @@ const CLAIMED: u8 = 2;
 #[repr(align(64))]
 struct SlotState(AtomicU8);
 
-static SLOTS: [SlotState; MAX_SLOTS] = [const { SlotState(AtomicU8::new(FREE)) }; MAX_SLOTS];
+/// The states of all slots, and the protocol on them (modelled under loom at the end of this
+/// file).
+pub(crate) struct SlotStates {
+    states: [SlotState; MAX_SLOTS],
+}
+
+impl SlotStates {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            states: [const { SlotState(AtomicU8::new(FREE)) }; MAX_SLOTS],
+        }
+    }
+
+    #[cfg(loom)]
+    fn new() -> Self {
+        Self {
+            states: core::array::from_fn(|_| SlotState(AtomicU8::new(FREE))),
+        }
+    }
+
+    /// Takes the lowest free slot for good (until `release`), or `None`.
+    fn take_free(&self) -> Option<usize> {
+        // Acquire: pairs with the Release of the previous holder, so its heaps are ours as it
+        // left them.
+        (1..MAX_SLOTS).find(|&t| {
+            let s = &self.states[t].0;
+            s.load(Relaxed) == FREE && s.compare_exchange(FREE, OWNED, Acquire, Relaxed).is_ok()
+        })
+    }
+
+    /// Takes free slot `t` for a moment; `false` if it is not free.
+    fn try_claim(&self, t: usize) -> bool {
+        let s = &self.states[t].0;
+        s.load(Relaxed) == FREE && s.compare_exchange(FREE, CLAIMED, Acquire, Relaxed).is_ok()
+    }
+
+    /// Frees slot `t` (its thread exits, or a claim ends).
+    fn release(&self, t: usize) {
+        // Release: the next holder sees the heaps as we left them.
+        self.states[t].0.store(FREE, Release);
+    }
+}
+
+#[cfg(not(loom))]
+static SLOTS: SlotStates = SlotStates::new();
 
 /// The thread has not registered yet.
 const FRESH: u8 = 0;
@@ -87,6 +135,7 @@ pub(crate) fn current() -> usize {
 /// Gives the current thread a slot if it has none and may take one; returns its slot, or 0 if
 /// it must use the shared heap (no free slot, the thread is exiting, or its exit could not be
 /// watched). Never allocates.
+#[cfg(not(loom))]
 #[cold]
 #[inline(never)]
 pub(crate) fn register() -> usize {
@@ -112,23 +161,26 @@ pub(crate) fn register() -> usize {
 }
 
 /// Takes free slot `t` for a moment, so as to work on its heaps; `false` if it is not free.
+#[cfg(not(loom))]
 #[inline]
 pub(crate) fn try_claim(t: usize) -> bool {
-    let s = &SLOTS[t].0;
-    s.load(Relaxed) == FREE && s.compare_exchange(FREE, CLAIMED, Acquire, Relaxed).is_ok()
+    SLOTS.try_claim(t)
 }
 
 /// Gives back a slot taken by [`try_claim`].
+#[cfg(not(loom))]
 #[inline]
 pub(crate) fn release_claim(t: usize) {
-    SLOTS[t].0.store(FREE, Release);
+    SLOTS.release(t);
 }
 
 const KEY_NONE: u32 = u32::MAX;
 const KEY_BUSY: u32 = u32::MAX - 1;
 const KEY_FAILED: u32 = u32::MAX - 2;
+#[cfg(not(loom))]
 static EXIT_KEY: AtomicU32 = AtomicU32::new(KEY_NONE);
 
+#[cfg(not(loom))]
 /// The pthread key whose destructor frees a thread's slot, created on first use.
 fn exit_key() -> Option<libc::pthread_key_t> {
     loop {
@@ -158,14 +210,14 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     }
 }
 
+#[cfg(not(loom))]
 /// The key destructor: the thread is exiting. Its heaps stay for the next holder of the slot.
 extern "C" fn thread_exit(_value: *mut libc::c_void) {
     let t = current();
     SLOT.with(|c| c.set(0));
     PHASE.with(|c| c.set(TORN_DOWN));
     if t != 0 {
-        // Release: whoever takes or claims the slot next sees our heaps as we left them.
-        SLOTS[t].0.store(FREE, Release);
+        SLOTS.release(t);
     }
 }
 
@@ -180,7 +232,7 @@ mod tests {
             assert_ne!(t, 0);
             assert_eq!(register(), t, "registering twice keeps the slot");
             assert_eq!(current(), t);
-            assert_eq!(SLOTS[t].0.load(Relaxed), OWNED);
+            assert_eq!(SLOTS.states[t].0.load(Relaxed), OWNED);
             assert!(!try_claim(t), "an owned slot cannot be claimed");
             // What the key destructor does at exit (it runs again, harmlessly, after this).
             thread_exit(core::ptr::null_mut());
@@ -201,5 +253,68 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+}
+
+/// loom models of the slot hand-over: a thread's heap (here one `u64`) written by its owner is
+/// seen whole by whoever claims the slot after the owner exits, and by the next thread to take
+/// the slot; a claim and a registration never hold the slot at once (loom's `UnsafeCell`
+/// reports any access that no hand-over orders as a data race).
+/// `RUSTFLAGS="--cfg loom" cargo test -p pymalloc --release --lib`
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    struct World {
+        slots: SlotStates,
+        heap: UnsafeCell<u64>, // heap 1 of some allocator
+    }
+
+    // SAFETY: `heap` is touched only by the holder of slot 1.
+    unsafe impl Sync for World {}
+
+    #[test]
+    fn an_exited_threads_heap_passes_whole_to_a_claimer_and_to_the_next_owner() {
+        loom::model(|| {
+            let w = Arc::new(World {
+                slots: SlotStates::new(),
+                heap: UnsafeCell::new(0),
+            });
+            assert_eq!(w.slots.take_free(), Some(1));
+            let owner = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    // SAFETY: we hold slot 1.
+                    w.heap.with_mut(|h| unsafe { *h = 10 });
+                    w.slots.release(1); // thread exit
+                })
+            };
+            let claimer = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    if w.slots.try_claim(1) {
+                        // SAFETY: we hold slot 1.
+                        w.heap.with_mut(|h| unsafe {
+                            assert_eq!(*h, 10, "the claimer sees the heap before its owner left");
+                            *h += 1;
+                        });
+                        w.slots.release(1);
+                    }
+                })
+            };
+            // A new thread registering: slot 1 if it is free by then, else slot 2.
+            let t = w.slots.take_free().expect("63 slots are free");
+            if t == 1 {
+                // SAFETY: we hold slot 1.
+                let h = w.heap.with(|h| unsafe { *h });
+                assert!(h == 10 || h == 11, "the next owner sees a torn heap: {h}");
+            }
+            w.slots.release(t);
+            owner.join().unwrap();
+            claimer.join().unwrap();
+        });
     }
 }
