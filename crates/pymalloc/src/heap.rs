@@ -137,6 +137,7 @@ unsafe impl<G: Geometry> Send for Arenas<G> {}
 pub(crate) struct Heap<G: Geometry> {
     usedpools: [*mut PoolHeader; MAX_CLASSES], // head of each class's list of used pools
     approved: u64, // bit c: usedpools[c], empty and alone, may stay (see "Keeping ...")
+    approved_alone: u64, // bit c: approved because its arena was the only one
     id: u32,       // the `owner` of this heap's pools
     _geometry: core::marker::PhantomData<G>,
 }
@@ -151,6 +152,7 @@ impl<G: Geometry> Heap<G> {
         Self {
             usedpools: [ptr::null_mut(); MAX_CLASSES],
             approved: 0,
+            approved_alone: 0,
             id,
             _geometry: core::marker::PhantomData,
         }
@@ -288,12 +290,17 @@ impl<G: Geometry> Heap<G> {
             return;
         }
         let mut ar = sh.arenas.lock();
-        if keep
-            && alone
-            && (ar.narenas_currently_allocated == 1 || self.arena_has_busy_pool(&ar, ai, pool))
-        {
-            self.approved |= 1 << class;
-            return;
+        if keep && alone {
+            let only_arena = ar.narenas_currently_allocated == 1;
+            if self.arena_has_busy_pool(&ar, ai, pool) {
+                self.approved |= 1 << class;
+                return;
+            }
+            if only_arena {
+                self.approved |= 1 << class;
+                self.approved_alone |= 1 << class;
+                return;
+            }
         }
         // SAFETY: guaranteed by the caller.
         unsafe { self.insert_to_freepool(pool, &mut ar, &sh.map) };
@@ -320,21 +327,17 @@ impl<G: Geometry> Heap<G> {
         }
     }
 
-    /// Whether arena `ai` has a pool holding live blocks other than `except` (or a pool of
-    /// another heap, which this heap cannot tell from a busy one).
+    /// Whether arena `ai` has a pool of this heap holding live blocks, other than `except`.
     fn arena_has_busy_pool(&self, ar: &Arenas<G>, ai: u32, except: *mut PoolHeader) -> bool {
-        let mut kept = [ptr::null_mut(); MAX_CLASSES];
-        self.idle_kept_pools(ar, ai, except, &mut kept).is_none()
+        ar.has_busy_pool_of(ai, self.id, except)
     }
 
-    /// If arena `ai` has no pool other than `except` that is in use or belongs to another heap,
-    /// collects this heap's kept empty pools there (other than `except`) into `out` and returns
+    /// If this heap has kept empty pools in arena `ai` (other than `except`) and no pool there
+    /// holding live blocks (other than `except`), collects the kept pools into `out` and returns
     /// how many; otherwise `None`.
     ///
-    /// The pools of an arena that are not free are `except`, pools with live blocks, other
-    /// heaps' pools, and this heap's kept empty pools (at most one per class). Only when there
-    /// are too few of them to rule out that all are kept pools of this heap do the class heads
-    /// need looking at.
+    /// The class heads are looked at first (at most one kept pool per class, in this heap's
+    /// own lists); only if one of them is in the arena are the arena's pools walked.
     fn idle_kept_pools(
         &self,
         ar: &Arenas<G>,
@@ -342,13 +345,11 @@ impl<G: Geometry> Heap<G> {
         except: *mut PoolHeader,
         out: &mut [*mut PoolHeader; MAX_CLASSES],
     ) -> Option<usize> {
-        let a = ar.arenas.get(ai);
-        let others = (a.ntotalpools - a.nfreepools) as usize - 1; // not free, besides `except`
-        if others >= G::NB_SMALL_SIZE_CLASSES {
+        let n = self.kept_pools_in(ai, except, out);
+        if n == 0 || self.arena_has_busy_pool(ar, ai, except) {
             return None;
         }
-        let n = self.kept_pools_in(ai, except, out);
-        (n == others).then_some(n)
+        Some(n)
     }
 
     /// Collects into `out` this heap's kept empty pools in arena `ai`, other than `except`, and
@@ -391,6 +392,7 @@ impl<G: Geometry> Heap<G> {
         }
         self.usedpools[class] = pool;
         self.approved &= !(1 << class);
+        self.approved_alone &= !(1 << class);
     }
 
     /// Unlinks `pool` from `usedpools[class]`.
@@ -406,6 +408,7 @@ impl<G: Geometry> Heap<G> {
             if prev.is_null() {
                 self.usedpools[class] = next;
                 self.approved &= !(1 << class);
+                self.approved_alone &= !(1 << class);
             } else {
                 (*prev).nextpool = next;
             }
@@ -507,6 +510,12 @@ impl<G: Geometry> Heap<G> {
         szidx < G::NB_SMALL_SIZE_CLASSES && self.usedpools[szidx] == pool
     }
 
+    /// Whether this heap's kept pool of class `szidx` was kept because its arena was the only
+    /// one (and may have stayed while another heap mapped a second).
+    pub(crate) fn kept_as_only_arena(&self, szidx: usize) -> bool {
+        szidx < G::NB_SMALL_SIZE_CLASSES && self.approved_alone & (1 << szidx) != 0
+    }
+
     /// A pool has just become empty, or is a kept pool being given up: give it back to its
     /// arena. If that leaves the arena with no pool of this heap in use and no pool of another
     /// heap, but some kept empty pools of other classes, those go back too, so that the arena
@@ -538,6 +547,7 @@ impl<G: Geometry> Heap<G> {
         // An arena's pools just went back: every kept pool is asked about again when it next
         // empties.
         self.approved = 0;
+        self.approved_alone = 0;
     }
 
     /// Unlinks `pool` and gives it back to its arena.
@@ -681,6 +691,15 @@ impl<G: Geometry> Arenas<G> {
             };
             Some((pool, bp))
         }
+    }
+
+    /// Whether arena `ai` has a pool owned by `owner` holding live blocks, other than `except`.
+    /// Walks the arena's carved pools: `owner` is written under this lock, `count` is atomic.
+    fn has_busy_pool_of(&self, ai: u32, owner: u32, except: *mut PoolHeader) -> bool {
+        Self::carved_pools(self.arenas.get(ai)).any(|p| {
+            // SAFETY: carved pools have initialised headers.
+            p != except && unsafe { (*p).owner == owner && (*p).count() != 0 }
+        })
     }
 
     /// Maps a new arena and registers it; returns its index. CPython: `new_arena`.
@@ -1192,39 +1211,6 @@ impl<G: Geometry> Arenas<G> {
             if a.nfreepools as usize != expect {
                 return fail("arena nfreepools", base, expect, a.nfreepools as usize);
             }
-            // The pin rule, checked where one heap holds every pool in use of the arena.
-            let (mut busy, mut owners, mut kept_at) = (0, [NO_OWNER; 2], 0);
-            for pool in Self::carved_pools(a) {
-                // SAFETY: carved pools have initialised headers; `owner` is written under
-                // this lock, `count` is atomic.
-                let (owner, count) = unsafe { ((*pool).owner, (*pool).count()) };
-                if owner == NO_OWNER {
-                    continue;
-                }
-                if owners[0] == NO_OWNER || owners[0] == owner {
-                    owners[0] = owner;
-                } else {
-                    owners[1] = owner;
-                }
-                if count != 0 {
-                    busy += 1;
-                } else {
-                    kept_at = pool as usize;
-                }
-            }
-            if busy == 0
-                && kept_at != 0
-                && owners[1] == NO_OWNER
-                && self.narenas_currently_allocated > 1
-                && heap_of(owners[0]).is_some()
-            {
-                return fail(
-                    "a kept empty pool pins an arena with no pool in use",
-                    kept_at,
-                    0,
-                    1,
-                );
-            }
             for pool in Self::carved_pools(a) {
                 // SAFETY: carved pools have initialised headers.
                 let h = unsafe { &*pool };
@@ -1266,6 +1252,18 @@ impl<G: Geometry> Arenas<G> {
                     // Lost to every list: nothing would ever hand its blocks out again (or a
                     // full pool's header was overwritten with zeros).
                     return fail("pool with no live block on no list", pool as usize, 0, 0);
+                }
+                if h.count() == 0
+                    && self.narenas_currently_allocated > 1
+                    && !heap.kept_as_only_arena(h.szidx as usize)
+                    && !self.has_busy_pool_of(ai, h.owner, pool)
+                {
+                    return fail(
+                        "a kept empty pool pins an arena with no pool of its heap in use",
+                        pool as usize,
+                        0,
+                        1,
+                    );
                 }
                 if h.arenaindex != ai {
                     return fail(

@@ -146,18 +146,15 @@ pub(crate) fn register() -> usize {
     let Some(key) = exit_key() else {
         return 0;
     };
-    for (t, s) in SLOTS.iter().enumerate().skip(1) {
-        if s.0.load(Relaxed) == FREE && s.0.compare_exchange(FREE, OWNED, Acquire, Relaxed).is_ok()
-        {
-            SLOT.with(|c| c.set(t));
-            PHASE.with(|c| c.set(LIVE));
-            // SAFETY: `key` is a key we created; a key below PTHREAD_KEY_2NDLEVEL_SIZE needs
-            // no allocation. The value only has to be non-null for the destructor to run.
-            unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
-            return t;
-        }
-    }
-    0
+    let Some(t) = SLOTS.take_free() else {
+        return 0;
+    };
+    SLOT.with(|c| c.set(t));
+    PHASE.with(|c| c.set(LIVE));
+    // SAFETY: `key` is a key we created; a key below PTHREAD_KEY_2NDLEVEL_SIZE needs no
+    // allocation. The value only has to be non-null for the destructor to run.
+    unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
+    t
 }
 
 /// Takes free slot `t` for a moment, so as to work on its heaps; `false` if it is not free.

@@ -1,0 +1,224 @@
+//! Per-thread heaps seen from outside: blocks of a thread that has exited, freed here and
+//! reused by the next thread (which adopts the exited thread's heap); frees by another thread
+//! into full pools of a live thread, which that thread reuses without taking new pools; a
+//! thread allocating after its heap is torn down; more threads than heap slots; several
+//! allocators used by several threads.
+//!
+//! One `#[test]`, its scenarios in sequence: "the next thread adopts the heap" needs that no
+//! other thread takes the slot first, and the test harness runs separate tests in parallel.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashSet;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use pymalloc::{MAX_SLOTS, PyMalloc};
+
+const L64: Layout = match Layout::from_size_align(64, 8) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
+
+/// Blocks of 64 bytes in one Py310 pool: (16 KiB - 48) / 64.
+const PER_POOL: usize = 255;
+/// Pools in one arena.
+const POOLS: usize = 64;
+
+fn alloc_n(a: &PyMalloc, n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            // SAFETY: a valid layout; every block is freed by the scenario.
+            let p = unsafe { a.alloc(L64) };
+            assert!(!p.is_null());
+            // SAFETY: 64 bytes are ours.
+            unsafe { p.cast::<u64>().write(i as u64) };
+            p as usize
+        })
+        .collect()
+}
+
+fn free_all(a: &PyMalloc, blocks: &[usize]) {
+    for &p in blocks {
+        // SAFETY: each block came from `a.alloc(L64)` and is freed once.
+        unsafe { a.dealloc(p as *mut u8, L64) };
+    }
+}
+
+/// A thread fills a whole arena and exits; this thread frees every other block (into the
+/// exited thread's heap); the next thread allocates as many blocks as were freed and gets
+/// exactly those addresses back, with no arena mapped: it adopted the heap.
+fn exited_threads_blocks_are_freed_here_and_its_pools_adopted() {
+    static A: PyMalloc = PyMalloc::new();
+    let n = PER_POOL * POOLS;
+    let blocks = std::thread::spawn(|| alloc_n(&A, PER_POOL * POOLS))
+        .join()
+        .unwrap();
+    let s = A.stats();
+    assert_eq!((s.arenas_current, s.blocks_in_use()), (1, n));
+    let (freed, kept): (Vec<usize>, Vec<usize>) = blocks.iter().partition(|&&p| p % 128 == 0);
+    free_all(&A, &freed);
+    assert_eq!(A.stats().blocks_in_use(), kept.len());
+    A.check_invariants().unwrap();
+    let again = std::thread::spawn(move || alloc_n(&A, freed.len()))
+        .join()
+        .unwrap();
+    let s = A.stats();
+    assert_eq!(s.arenas_allocated_total, 1, "a new arena was mapped");
+    let freed: HashSet<usize> = blocks.iter().copied().filter(|p| p % 128 == 0).collect();
+    assert_eq!(
+        again.iter().copied().collect::<HashSet<_>>(),
+        freed,
+        "the next thread did not reuse the freed blocks"
+    );
+    free_all(&A, &again);
+    free_all(&A, &kept);
+    assert_eq!(A.stats().blocks_in_use(), 0);
+    A.check_invariants().unwrap();
+}
+
+/// A live thread fills pools; another thread frees all their blocks while the first one waits;
+/// the first one then allocates as many again and gets the same addresses: the remote frees
+/// into its full pools reached it (through the delayed list) and no pool was taken anew.
+fn remote_frees_into_full_pools_are_reused_by_their_owner() {
+    static A: PyMalloc = PyMalloc::new();
+    let n = PER_POOL * 8;
+    std::thread::scope(|s| {
+        let (to_freer, from_owner) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (to_owner, from_freer) = std::sync::mpsc::channel::<()>();
+        s.spawn(move || {
+            let blocks = from_owner.recv().unwrap();
+            free_all(&A, &blocks);
+            to_owner.send(()).unwrap();
+        });
+        s.spawn(move || {
+            let first = alloc_n(&A, n);
+            let pools_before = A.stats().classes()[3].pools;
+            to_freer.send(first.clone()).unwrap();
+            from_freer.recv().unwrap();
+            let second = alloc_n(&A, n);
+            assert_eq!(
+                second.iter().collect::<HashSet<_>>(),
+                first.iter().collect::<HashSet<_>>(),
+                "blocks freed by another thread were not reused"
+            );
+            assert_eq!(A.stats().classes()[3].pools, pools_before);
+            free_all(&A, &second);
+        });
+    });
+    assert_eq!(A.stats().blocks_in_use(), 0);
+    A.check_invariants().unwrap();
+}
+
+static LATE: PyMalloc = PyMalloc::new();
+static LATE_DONE: AtomicUsize = AtomicUsize::new(0);
+static LATE_BLOCK: AtomicUsize = AtomicUsize::new(0);
+
+/// A pthread key destructor created after the allocator's: it runs once the thread's slot is
+/// gone (glibc runs destructors in key order), and allocates and frees there.
+extern "C" fn late_destructor(_: *mut libc::c_void) {
+    let mine = alloc_n(&LATE, 100);
+    free_all(&LATE, &mine);
+    free_all(&LATE, &[LATE_BLOCK.load(SeqCst)]);
+    LATE_DONE.fetch_add(1, SeqCst);
+}
+
+/// After its exit destructor ran, a thread still allocates and frees (through the shared
+/// heap), including a block from its own torn-down heap.
+fn a_thread_allocates_after_its_heap_is_torn_down() {
+    std::thread::spawn(|| {
+        LATE_BLOCK.store(alloc_n(&LATE, 1)[0], SeqCst);
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: valid out-pointer and destructor; the value just has to be non-null.
+        unsafe {
+            assert_eq!(libc::pthread_key_create(&mut key, Some(late_destructor)), 0);
+            assert_eq!(
+                libc::pthread_setspecific(key, std::ptr::dangling::<libc::c_void>()),
+                0
+            );
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(LATE_DONE.load(SeqCst), 1);
+    assert_eq!(LATE.stats().blocks_in_use(), 0);
+    LATE.check_invariants().unwrap();
+}
+
+/// More threads at once than there are slots: the ones without a slot share the locked heap.
+fn more_threads_than_slots() {
+    static A: PyMalloc = PyMalloc::new();
+    let threads = MAX_SLOTS + 16;
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let blocks = alloc_n(&A, 300);
+                    barrier.wait(); // every thread alive at once, holding its blocks
+                    for (i, &p) in blocks.iter().enumerate() {
+                        // SAFETY: still live, written by `alloc_n`.
+                        assert_eq!(unsafe { (p as *const u64).read() }, i as u64);
+                    }
+                    free_all(&A, &blocks);
+                })
+            })
+            .collect();
+        join_all(handles);
+    });
+    assert_eq!(A.stats().blocks_in_use(), 0);
+    A.check_invariants().unwrap();
+}
+
+/// Three allocators, four threads, each thread freeing blocks the others allocated from all
+/// three.
+fn several_allocators_several_threads() {
+    let all: Vec<PyMalloc> = (0..3).map(|_| PyMalloc::new()).collect();
+    let slots: Vec<std::sync::Mutex<Vec<(usize, usize)>>> =
+        (0..4).map(|_| std::sync::Mutex::new(Vec::new())).collect();
+    let barrier = Barrier::new(4);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (all, slots, barrier) = (&all, &slots, &barrier);
+                s.spawn(move || {
+                    for (k, a) in all.iter().enumerate() {
+                        let blocks = alloc_n(a, 2000 + 100 * t);
+                        slots[(t + 1) % 4]
+                            .lock()
+                            .unwrap()
+                            .extend(blocks.into_iter().map(|p| (k, p)));
+                    }
+                    barrier.wait();
+                    for (k, p) in slots[t].lock().unwrap().drain(..) {
+                        free_all(&all[k], &[p]);
+                    }
+                })
+            })
+            .collect();
+        join_all(handles);
+    });
+    for a in &all {
+        assert_eq!(a.stats().blocks_in_use(), 0);
+        a.check_invariants().unwrap();
+        a.trim();
+        assert!(a.stats().arenas_current <= 1);
+    }
+}
+
+/// Joins scoped threads one by one. The end of a `thread::scope` waits only for the threads'
+/// closures; `join` waits for the threads themselves, thread-exit destructors included, after
+/// which their heaps can be collected: the statistics are exact once that has happened.
+fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, ()>>) {
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn per_thread_heaps() {
+    exited_threads_blocks_are_freed_here_and_its_pools_adopted();
+    remote_frees_into_full_pools_are_reused_by_their_owner();
+    a_thread_allocates_after_its_heap_is_torn_down();
+    more_threads_than_slots();
+    several_allocators_several_threads();
+}
