@@ -1,4 +1,4 @@
-//! Counters that threads update without the heap lock: the blocks the backend (layer +1)
+//! Counters that threads update without the arenas lock: the blocks the backend (layer +1)
 //! holds for a `PyMalloc`.
 //!
 //! They are statistics: nothing decides anything from them, so every access is `Relaxed`.

@@ -12,7 +12,7 @@
 //! layout of another class, or with a layout that routes to layer +1, is reported too.
 //!
 //! The set is an open-addressing hash table with linear probing over memory from layer −1
-//! (never from the allocator itself), guarded by the heap lock. A slot is two words, address
+//! (never from the allocator itself), guarded by the arenas lock. A slot is two words, address
 //! and size; the address word is `EMPTY`, `GONE` (a tombstone) or a block address (blocks are
 //! at least 8-aligned, so neither marker is one).
 //!

@@ -11,9 +11,10 @@
 //! process, so the allocator must never move or be dropped, which is what a `static` used as
 //! `#[global_allocator]` is. Up to [`MAX_REGISTERED`] allocators can be registered.
 //!
-//! Lock order: the handlers take the registered locks in registration order. No other code
-//! holds two heap locks at once (a heap never calls into another allocator while locked), so
-//! this order cannot deadlock. The C library's own `fork` handling protects `malloc` (layer
+//! Lock order: the handlers take the registered locks in registration order. An allocator
+//! registers its shared heap's lock, then its arenas lock, the order in which its code takes
+//! them; no code holds locks of two allocators at once (an allocator never calls into another
+//! while locked), so this order cannot deadlock. The C library's own `fork` handling protects `malloc` (layer
 //! +1).
 //!
 //! # Concurrency

@@ -23,11 +23,20 @@
 //!
 //! # How a request flows
 //! `alloc(layout)` asks the [`Geometry`] for a size class: `(size - 1) >> 4` when
-//! `size <= 512` and `align <= 16`. A class request takes the heap lock and pops the first free
-//! block of the first pool in that class's list (the fast path); when the class
-//! has no pool with room, a pool is taken from the fullest arena that has one, and when no
-//! arena has one, a new 1 MiB arena is mapped from layer −1. Other requests go to the backend
-//! `B` (layer +1, [`RawMalloc`] by default) untouched.
+//! `size <= 512` and `align <= 16`. A class request pops the first free block of the first pool
+//! in that class's list of the calling thread's heap (the fast path: no lock, no atomic
+//! read-modify-write); when the class has no pool with room, the heap takes a pool from the
+//! fullest arena that has one, under the arenas lock, and when no arena has one, a new 1 MiB
+//! arena is mapped from layer −1. Other requests go to the backend `B` (layer +1, [`RawMalloc`]
+//! by default) untouched.
+//!
+//! # Threads
+//! Each thread has its own heap in every `PyMalloc` (up to [`MAX_SLOTS`]` - 1` threads at once;
+//! the others share a locked heap). A free by the thread that owns the block's pool is a plain
+//! push; a free by another thread is one CAS on the pool's remote list, which the owner takes in
+//! when the pool runs dry. When a thread exits its heap stays, with its blocks, and the next
+//! thread adopts it; meanwhile other threads free into it as its owner. `docs/ARCHITECTURE.md`
+//! ("Threads") describes the protocol and its memory orderings.
 //!
 //! `dealloc(ptr, layout)` routes by the same rule, so a block always goes back to the layer
 //! that made it: the size class comes from the `Layout`, the pool from masking the address.
@@ -43,8 +52,9 @@
 //!   the address must be a block of this allocator of the layout's class (a pool block, or a
 //!   recorded fallback block, see "Departures"); with a layout that routes to layer +1, it must
 //!   be neither. A foreign address freed with such a layout goes to the backend unchecked.
-//! - One lock (a futex mutex that never allocates, see `sync`) guards the heap; it is the only
-//!   lock, so there is no lock order to respect. The arena map is read without it.
+//! - A heap is touched only by the holder of its slot (see `tls`); the arenas are guarded by one
+//!   lock (a futex mutex that never allocates, see `sync`), taken after the shared heap's lock
+//!   when both are needed. The arena map is read without a lock.
 //! - Nothing on these paths allocates, formats into a `String` or panics; failure to map an
 //!   arena returns null.
 //!
@@ -61,7 +71,7 @@
 // Under loom only the shared structures are modelled; the rest of their modules goes unused.
 #![cfg_attr(loom, allow(dead_code))]
 
-// Under `--cfg loom` the structures that threads share without the heap lock (the lock
+// Under `--cfg loom` the structures that threads share without a lock (the lock
 // itself, the arena map, the fork registry and the counters) are built on loom's atomics for
 // the models in `tests/loom.rs` and in their own files; the allocator proper, whose state lives
 // in `static`s, is left out.
@@ -258,9 +268,10 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         before.saturating_sub(ar.live_arenas())
     }
 
-    /// Makes this allocator safe across `fork()` from a multi-threaded process: its heap lock
-    /// is taken before every fork, released after it in the parent and reset in the child, so
-    /// the child can allocate and free at once (see [`fork`]). Call it once, early, on the
+    /// Makes this allocator safe across `fork()` from a multi-threaded process: its two locks
+    /// (the shared heap's and the arenas') are taken before every fork, released after it in
+    /// the parent and reset in the child, so the child can allocate and free at once (see
+    /// [`fork`]; the other threads' heaps are left alone in the child, see `docs/ARCHITECTURE.md`). Call it once, early, on the
     /// `static` used as `#[global_allocator]`. Returns `false` if it could not be registered
     /// (more than [`fork::MAX_REGISTERED`] allocators, or `pthread_atfork` failed).
     ///

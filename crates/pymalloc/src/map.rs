@@ -20,7 +20,7 @@
 //! refused).
 //!
 //! # Concurrency
-//! Writers (`insert`, `remove`) run with the heap's lock held; readers (`lookup`) take no lock.
+//! Writers (`insert`, `remove`) run with the arenas lock held; readers (`lookup`) take no lock.
 //! A leaf pointer is published with `Release` after its zero-filled mapping exists and read
 //! with `Acquire`, so a reader that sees the pointer sees a valid leaf. Entries are read with
 //! `Acquire` to pair with the `Release` store made when an arena is registered, before any of
@@ -30,7 +30,7 @@
 //!
 //! The loom models at the end of this file check this protocol: a reader that learns of a
 //! block through any synchronisation finds its arena, a concurrent reader finds the entry or
-//! nothing but never an unpublished table, and writers serialised by the heap lock build one
+//! nothing but never an unpublished table, and writers serialised by the arenas lock build one
 //! map between them. Under loom the tables are boxed loom atomics and the map covers only
 //! 16 arenas' worth of address space, so each table is 4 entries.
 
@@ -104,7 +104,7 @@ impl<G: Geometry> ArenaMap<G> {
     /// `false` if the address is out of range or a table could not be mapped.
     ///
     /// # Safety
-    /// The caller holds the heap lock (the only writer) and owns the arena at `base`.
+    /// The caller holds the arenas lock (the only writer) and owns the arena at `base`.
     pub(crate) unsafe fn insert(&self, base: usize, index: u32) -> bool {
         let Some((r, l)) = Self::split(base) else {
             return false;
@@ -139,7 +139,7 @@ impl<G: Geometry> ArenaMap<G> {
     /// Forgets the arena at `base`.
     ///
     /// # Safety
-    /// The caller holds the heap lock and `base` was inserted.
+    /// The caller holds the arenas lock and `base` was inserted.
     pub(crate) unsafe fn remove(&self, base: usize) {
         let Some((r, l)) = Self::split(base) else {
             return;
@@ -365,7 +365,7 @@ mod loom_models {
         });
     }
 
-    /// Writers take turns under the heap lock, each perhaps creating the root or a leaf; the
+    /// Writers take turns under the arenas lock, each perhaps creating the root or a leaf; the
     /// map they build holds both arenas, and a concurrent reader sees each arena or nothing.
     #[test]
     fn writers_under_the_lock_build_one_map() {

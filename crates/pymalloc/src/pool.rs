@@ -116,7 +116,7 @@ pub(crate) fn pool_of<G: Geometry>(p: *mut u8) -> *mut PoolHeader {
 ///
 /// # Safety
 /// `p` is a live block of an initialised pool. `szidx` changes only while a pool holds no
-/// live block, so this read cannot race with a write even without the heap lock.
+/// live block, so this read cannot race with a write even without the arenas lock.
 #[inline(always)]
 pub(crate) unsafe fn class_of_block<G: Geometry>(p: *mut u8) -> usize {
     // SAFETY: per the contract, the header is initialised and its `szidx` is stable.

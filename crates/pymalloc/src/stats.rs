@@ -2,7 +2,7 @@
 //! writer ([`fmt::Display`]) in the shape of CPython's `sys._debugmallocstats()`.
 //!
 //! Counts are gathered as CPython gathers them (`pymalloc_print_stats`): by walking every
-//! arena's carved pools under the heap lock, so the allocation fast path pays nothing for them.
+//! arena's carved pools under the arenas lock, so the allocation fast path pays nothing for them.
 //! A snapshot is a value: snapshots of several heaps can be added ([`Stats::merge`]) once the
 //! allocator has more than one.
 

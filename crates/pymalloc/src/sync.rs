@@ -1,4 +1,4 @@
-//! The lock that guards a heap: a futex-based mutex that never allocates.
+//! The lock that guards the arenas (and the shared heap): a futex-based mutex that never allocates.
 //!
 //! `parking_lot` allocates its parking table on first contention, and an allocator must not
 //! allocate through itself, so the heap uses this small lock instead: one `AtomicU32`, an
@@ -243,7 +243,7 @@ impl<T> Lock<T> {
         #[cfg(debug_assertions)]
         if self.owner.load(Ordering::Relaxed) == thread_marker() {
             pymalloc_vmm::diag::fatal(format_args!(
-                "pymalloc: re-entrant call: this thread already holds the heap lock at {:p} \
+                "pymalloc: re-entrant call: this thread already holds the allocator lock at {:p} \
                  (did the allocator allocate through itself?)",
                 self
             ));
