@@ -698,7 +698,7 @@ impl<G: Geometry> Arenas<G> {
     fn has_busy_pool_of(&self, ai: u32, owner: u32, except: *mut PoolHeader) -> bool {
         Self::carved_pools(self.arenas.get(ai)).any(|p| {
             // SAFETY: carved pools have initialised headers.
-            p != except && unsafe { (*p).owner == owner && (*p).count() != 0 }
+            p != except && unsafe { (*p).owner == owner && pool::count_of(p) != 0 }
         })
     }
 
@@ -1016,7 +1016,7 @@ impl<G: Geometry> Arenas<G> {
             for pool in Self::carved_pools(a) {
                 // SAFETY: carved pools have initialised headers; see above for the races.
                 let (owner, count, szidx) =
-                    unsafe { ((*pool).owner, (*pool).count(), (*pool).szidx as usize) };
+                    unsafe { ((*pool).owner, pool::count_of(pool), (*pool).szidx as usize) };
                 // Free pools (counted above) have no owner; a heap's kept empty pool is still
                 // that class's pool.
                 if owner == NO_OWNER || szidx >= G::NB_SMALL_SIZE_CLASSES {
@@ -1212,41 +1212,46 @@ impl<G: Geometry> Arenas<G> {
                 return fail("arena nfreepools", base, expect, a.nfreepools as usize);
             }
             for pool in Self::carved_pools(a) {
+                // Fields written only under this lock, read without borrowing the header: its
+                // other plain fields may be another thread's to write.
                 // SAFETY: carved pools have initialised headers.
-                let h = unsafe { &*pool };
+                let (owner, arenaindex, szidx) =
+                    unsafe { ((*pool).owner, (*pool).arenaindex, (*pool).szidx as usize) };
                 let k = (pool as usize - base) / G::POOL_SIZE;
                 let on_list = on_freepools[k / 64] & (1 << (k % 64)) != 0;
-                if on_list != (h.owner == NO_OWNER) {
+                if on_list != (owner == NO_OWNER) {
                     return fail(
                         "pool owner disagrees with the arena's free list",
                         pool as usize,
                         usize::from(on_list),
-                        h.owner as usize,
+                        owner as usize,
                     );
                 }
-                if h.owner == NO_OWNER {
-                    if h.arenaindex != ai {
-                        return fail(
-                            "pool arena index",
-                            pool as usize,
-                            ai as usize,
-                            h.arenaindex as usize,
-                        );
-                    }
+                if arenaindex != ai {
+                    return fail(
+                        "pool arena index",
+                        pool as usize,
+                        ai as usize,
+                        arenaindex as usize,
+                    );
+                }
+                if owner == NO_OWNER {
                     continue;
                 }
-                let Some(heap) = heap_of(h.owner) else {
+                let Some(heap) = heap_of(owner) else {
                     // Another thread's pool: only what that thread cannot change under us.
-                    if h.arenaindex != ai || h.szidx as usize >= G::NB_SMALL_SIZE_CLASSES {
+                    if szidx >= G::NB_SMALL_SIZE_CLASSES {
                         return fail(
-                            "pool header of another heap",
+                            "pool size class",
                             pool as usize,
-                            ai as usize,
-                            h.arenaindex as usize,
+                            G::NB_SMALL_SIZE_CLASSES,
+                            szidx,
                         );
                     }
                     continue;
                 };
+                // SAFETY: the pool is in a heap the caller owns or has claimed.
+                let h = unsafe { &*pool };
                 let kept = heap.is_kept(pool, h.szidx as usize);
                 if h.count() == 0 && !kept {
                     // Lost to every list: nothing would ever hand its blocks out again (or a

@@ -228,10 +228,14 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     ///
     /// First collects what other threads freed into the calling thread's pools and into the
     /// heaps of threads that have exited (whose empty pools then go back to their arenas),
-    /// then walks every pool under the arenas lock. Blocks freed into the pools of a thread
-    /// that is still running are counted in use until that thread collects them (when its
-    /// pool runs dry); once every other thread that allocated has exited, the figures are
-    /// exact.
+    /// then walks every pool under the arenas lock. Blocks freed into the pools of a heap
+    /// whose thread is running count as in use until that thread takes them in, which it does
+    /// when a pool of that class runs dry in its hands. A thread that takes the slot of an
+    /// exited thread adopts its heap, pools included, and collects it on the spot; blocks
+    /// freed into those pools afterwards wait for the new owner like any other. Heaps that
+    /// another thread is collecting at that moment (in its own `stats`, `trim` or
+    /// `check_invariants`) are skipped. So the figures are exact once the threads that own
+    /// pools have exited (and been joined), or have collected.
     pub fn stats(&self) -> Stats {
         self.collect_own(true);
         self.collect_free_slots(0);
@@ -737,6 +741,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self, class: usize) -> *mut u8 {
+        let had_slot = tls::current() != 0;
         let t = tls::register();
         if t == 0 {
             return self.shared_heap.lock().alloc(class, &self.shared);
@@ -745,6 +750,18 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // SAFETY: slot `t` is this thread's, so is its heap; no other reference to it exists
         // while we run (claims only take free slots).
         let heap = unsafe { &mut *slot.heap.get() };
+        if !had_slot {
+            // The thread just took the slot and adopted whatever heap its last holder left:
+            // take in what was freed into it since, give back what is empty, and use the rest.
+            // SAFETY: `slot.delayed` is this heap's delayed list.
+            unsafe { heap.drain_delayed(&slot.delayed, &self.shared) };
+            heap.collect_all(&self.shared, false);
+            // SAFETY: our own heap.
+            let p = unsafe { Heap::try_alloc(heap, class) };
+            if !p.is_null() {
+                return p;
+            }
+        }
         // SAFETY: `slot.delayed` is this heap's delayed list.
         if unsafe { heap.drain_delayed(&slot.delayed, &self.shared) } {
             // SAFETY: our own heap.

@@ -84,8 +84,21 @@ pub(crate) struct PoolHeader {
     pub(crate) remote: AtomicUsize, // blocks freed by other threads | tag
 }
 
+/// Blocks in use in `pool`, read from any thread: only the `count` field is borrowed, never the
+/// whole header (whose plain fields the owner may be writing).
+///
+/// # Safety
+/// `pool` is an initialised pool header.
+#[inline(always)]
+pub(crate) unsafe fn count_of(pool: *const PoolHeader) -> usize {
+    // SAFETY: per the contract; `count` is atomic.
+    unsafe { (*pool).count.load(Relaxed) as usize }
+}
+
 impl PoolHeader {
-    /// Blocks in use (including those freed by other threads and not yet collected).
+    /// Blocks in use (including those freed by other threads and not yet collected). Takes
+    /// `&self`: for the owner (or a holder of the arenas lock reading a free pool); other
+    /// threads use [`count_of`].
     #[inline(always)]
     pub(crate) fn count(&self) -> usize {
         self.count.load(Relaxed) as usize

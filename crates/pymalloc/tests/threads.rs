@@ -4,8 +4,10 @@
 //! thread allocating after its heap is torn down; more threads than heap slots; several
 //! allocators used by several threads.
 //!
-//! One `#[test]`, its scenarios in sequence: "the next thread adopts the heap" needs that no
-//! other thread takes the slot first, and the test harness runs separate tests in parallel.
+//! One `#[test]`, its scenarios in sequence, every thread joined (thread-exit destructors
+//! included) before the next scenario: "the next thread adopts the heap" needs that no other
+//! thread takes or frees the slot in between, and the test harness runs separate tests in
+//! parallel.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashSet;
@@ -85,12 +87,12 @@ fn remote_frees_into_full_pools_are_reused_by_their_owner() {
     std::thread::scope(|s| {
         let (to_freer, from_owner) = std::sync::mpsc::channel::<Vec<usize>>();
         let (to_owner, from_freer) = std::sync::mpsc::channel::<()>();
-        s.spawn(move || {
+        let freer = s.spawn(move || {
             let blocks = from_owner.recv().unwrap();
             free_all(&A, &blocks);
             to_owner.send(()).unwrap();
         });
-        s.spawn(move || {
+        let owner = s.spawn(move || {
             let first = alloc_n(&A, n);
             let pools_before = A.stats().classes()[3].pools;
             to_freer.send(first.clone()).unwrap();
@@ -104,6 +106,7 @@ fn remote_frees_into_full_pools_are_reused_by_their_owner() {
             assert_eq!(A.stats().classes()[3].pools, pools_before);
             free_all(&A, &second);
         });
+        join_all(vec![freer, owner]);
     });
     assert_eq!(A.stats().blocks_in_use(), 0);
     A.check_invariants().unwrap();
@@ -205,6 +208,77 @@ fn several_allocators_several_threads() {
     }
 }
 
+/// A thread keeps one empty pool of a class and exits; the next thread, taking its slot,
+/// allocates in that class from that pool (it adopted the heap) instead of taking a new pool in
+/// front of it, which would leave the kept pool empty behind another: a pool lost to every list.
+fn a_new_thread_uses_the_pool_it_adopts() {
+    static A: PyMalloc = PyMalloc::new();
+    let l400 = Layout::from_size_align(400, 8).unwrap();
+    let first = std::thread::spawn(move || {
+        // SAFETY: a valid layout; freed at once.
+        unsafe {
+            let p = A.alloc(l400);
+            A.dealloc(p, l400);
+            p as usize
+        }
+    })
+    .join()
+    .unwrap();
+    let again = std::thread::spawn(move || {
+        // SAFETY: a valid layout; freed below.
+        let p = unsafe { A.alloc(l400) };
+        let ok = A.check_invariants();
+        // SAFETY: allocated above with this layout.
+        unsafe { A.dealloc(p, l400) };
+        ok.unwrap();
+        p as usize
+    })
+    .join()
+    .unwrap();
+    assert_eq!(again, first, "the adopted heap's kept pool was not used");
+}
+
+/// Blocks freed by another thread into a live thread's pools wait for that thread; when it
+/// exits and a new thread takes its slot, the new owner takes them in at once, and the emptied
+/// pools go back, although the new thread allocates nothing of that class.
+fn a_new_thread_collects_the_heap_it_adopts() {
+    static A: PyMalloc = PyMalloc::new();
+    let n = PER_POOL * 40;
+    std::thread::scope(|s| {
+        let (to_main, from_owner) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let owner = s.spawn(move || {
+            to_main.send(alloc_n(&A, n)).unwrap();
+            wait.recv().unwrap(); // alive while the blocks are freed
+        });
+        free_all(&A, &from_owner.recv().unwrap());
+        done.send(()).unwrap();
+        owner.join().unwrap();
+    });
+    let l32 = Layout::from_size_align(32, 8).unwrap();
+    // The new thread allocates one block and stays alive while this thread reads the figures
+    // (so they cannot come from collecting its heap here).
+    let in_use = std::thread::scope(|s| {
+        let (ready, wait_ready) = std::sync::mpsc::channel::<()>();
+        let (done, wait_done) = std::sync::mpsc::channel::<()>();
+        let t = s.spawn(move || {
+            // SAFETY: a valid layout; freed below.
+            let p = unsafe { A.alloc(l32) };
+            ready.send(()).unwrap();
+            wait_done.recv().unwrap();
+            // SAFETY: allocated above with this layout.
+            unsafe { A.dealloc(p, l32) };
+        });
+        wait_ready.recv().unwrap();
+        let in_use = A.stats().blocks_in_use();
+        done.send(()).unwrap();
+        t.join().unwrap();
+        in_use
+    });
+    assert_eq!(in_use, 1, "blocks freed into the adopted heap still count as in use");
+    A.check_invariants().unwrap();
+}
+
 /// Joins scoped threads one by one. The end of a `thread::scope` waits only for the threads'
 /// closures; `join` waits for the threads themselves, thread-exit destructors included, after
 /// which their heaps can be collected: the statistics are exact once that has happened.
@@ -218,6 +292,8 @@ fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, ()>>) {
 fn per_thread_heaps() {
     exited_threads_blocks_are_freed_here_and_its_pools_adopted();
     remote_frees_into_full_pools_are_reused_by_their_owner();
+    a_new_thread_uses_the_pool_it_adopts();
+    a_new_thread_collects_the_heap_it_adopts();
     a_thread_allocates_after_its_heap_is_torn_down();
     more_threads_than_slots();
     several_allocators_several_threads();
