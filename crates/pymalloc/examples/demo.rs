@@ -121,6 +121,8 @@ fn report(title: &str, live_objects: Option<usize>) {
 }
 
 fn main() {
+    // Threads collect their heaps as they exit: what others freed into them goes back then.
+    GLOBAL.collect_at_thread_exit();
     let s = GLOBAL.stats();
     println!(
         "pymalloc-rs demo: {THREADS} threads on PyMalloc ({}: {} B threshold, {} KiB pools, {} KiB arenas)\n",

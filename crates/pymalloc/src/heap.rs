@@ -34,17 +34,19 @@
 //! every pair. Here a pool that empties while it is its class's only pool stays in the class
 //! list, provided its arena has another pool holding live blocks or is the only arena (which
 //! would stay mapped anyway, as the one spare arena of the next section). The decision needs
-//! the arena lock once; the heap then remembers it (`approved`) until its next pool goes back
-//! to an arena, so the pair itself stays lock-free. The pool goes back to its arena as soon as
-//! another pool of the class re-enters the list, when the last pool in use of its arena that
-//! belongs to the same heap empties (then every kept pool of that heap in that arena goes back
-//! with it), before a second arena is mapped if its arena holds nothing else, or on
-//! [`Heap::trim`]. At most one pool per class per heap is held this way. With one heap, a kept
-//! pool never keeps an arena mapped that would otherwise go back to the OS: after a free-all at
-//! most one arena stays mapped. With several, a heap sees only its own pools: a kept pool can
-//! keep an arena mapped whose other pools another heap gave back, until its own heap trims or
-//! empties the pool's class list (a thread's heap is trimmed whenever its slot is collected
-//! after the thread exits).
+//! the arena lock once; the heap then remembers the pool in use it found (the *witness*) until
+//! its next pool goes back to an arena, and keeps the pool without a lock each time it empties
+//! while the witness is still in use, so the pair itself stays lock-free (see `may_keep` for
+//! why checking the witness every time keeps two kept pools from vouching for each other).
+//! The pool goes back to its arena as soon as another pool of the class re-enters the list,
+//! when the last pool in use of its heap in its arena empties (then every kept pool of that
+//! heap in that arena goes back with it), before the heap maps a second arena if its arena
+//! holds nothing else, or when the heap is collected without keeping (`trim()`, the exit of its
+//! thread under `collect_at_thread_exit`, the collection of an exited thread's heap). At most
+//! one pool per class per heap is held this way, and a kept pool never keeps an arena mapped
+//! that holds no pool of its heap in use, with one exception: a pool kept because its arena was
+//! the only one stays when another heap maps a second arena, until its class next empties or
+//! its heap is collected. With one heap, after a free-all at most one arena stays mapped.
 //!
 //! # Releasing arenas
 //! When the last pool of an arena becomes empty the arena goes back to the OS, except when it
@@ -136,9 +138,12 @@ unsafe impl<G: Geometry> Send for Arenas<G> {}
 
 pub(crate) struct Heap<G: Geometry> {
     usedpools: [*mut PoolHeader; MAX_CLASSES], // head of each class's list of used pools
-    approved: u64, // bit c: usedpools[c], empty and alone, may stay (see "Keeping ...")
-    approved_alone: u64, // bit c: approved because its arena was the only one
-    id: u32,       // the `owner` of this heap's pools
+    // For class c whose sole pool may stay when empty (see "Keeping one empty pool per
+    // class"): a pool of this heap in use in the same arena (its witness), or ONLY_ARENA;
+    // null when the question must be asked again.
+    witness: [*mut PoolHeader; MAX_CLASSES],
+    approved_alone: u64, // bit c: class c's kept pool was kept because its arena was the only one
+    id: u32,             // the `owner` of this heap's pools
     _geometry: core::marker::PhantomData<G>,
 }
 
@@ -151,7 +156,7 @@ impl<G: Geometry> Heap<G> {
     pub(crate) const fn new(id: u32) -> Self {
         Self {
             usedpools: [ptr::null_mut(); MAX_CLASSES],
-            approved: 0,
+            witness: [ptr::null_mut(); MAX_CLASSES],
             approved_alone: 0,
             id,
             _geometry: core::marker::PhantomData,
@@ -221,7 +226,7 @@ impl<G: Geometry> Heap<G> {
     #[inline(always)]
     pub(crate) unsafe fn free(&mut self, p: *mut u8, sh: &Shared<G>, keep: bool) {
         // SAFETY: `p` is a live block of one of our pools.
-        let (pool, was_full) = unsafe { pool::push::<G>(p) };
+        let (pool, was_full, empty) = unsafe { pool::push::<G>(p) };
         if unlikely(was_full) {
             // A full pool is in no list; it has free space again, so it goes to the front of
             // its class list (CPython: insert_to_usedpool). Pools hold >= 2 blocks, so it
@@ -230,17 +235,29 @@ impl<G: Geometry> Heap<G> {
             unsafe { self.reenter_used(pool, sh) };
             return;
         }
-        // SAFETY: the pool is initialised.
-        if unlikely(unsafe { (*pool).count() } == 0) {
-            // The kept pool of a one-block-at-a-time loop: settled without a call.
-            // SAFETY: as above.
-            let (class, next) = unsafe { ((*pool).szidx as usize, (*pool).nextpool) };
-            if keep
-                && self.approved & (1 << class) != 0
-                && self.usedpools[class] == pool
-                && next.is_null()
-            {
-                return;
+        if unlikely(empty) {
+            // The kept pool of a one-block-at-a-time loop: settled without a call, while the
+            // pool that made it keepable (its witness) is still in use.
+            // SAFETY: the pool is initialised, and in use until this free: its class is below
+            // NB_SMALL_SIZE_CLASSES <= MAX_CLASSES, so both lookups are in bounds.
+            let (next, w, head) = unsafe {
+                let class = (*pool).szidx as usize;
+                (
+                    (*pool).nextpool,
+                    *self.witness.get_unchecked(class),
+                    *self.usedpools.get_unchecked(class),
+                )
+            };
+            if keep && !w.is_null() && head == pool && next.is_null() {
+                let still = if w == Self::ONLY_ARENA {
+                    sh.map.registered() == 1
+                } else {
+                    // SAFETY: a witness is a pool of this heap (see `may_keep`).
+                    (unsafe { pool::count_of(w) }) != 0
+                };
+                if still {
+                    return;
+                }
             }
             // SAFETY: an empty pool that was not full is in its class's used list.
             unsafe { self.pool_emptied(pool, sh, keep) };
@@ -286,24 +303,41 @@ impl<G: Geometry> Heap<G> {
         let (class, next, ai) =
             unsafe { ((*pool).szidx as usize, (*pool).nextpool, (*pool).arenaindex) };
         let alone = self.usedpools[class] == pool && next.is_null();
-        if keep && alone && self.approved & (1 << class) != 0 {
-            return;
-        }
         let mut ar = sh.arenas.lock();
-        if keep && alone {
-            let only_arena = ar.narenas_currently_allocated == 1;
-            if self.arena_has_busy_pool(&ar, ai, pool) {
-                self.approved |= 1 << class;
-                return;
-            }
-            if only_arena {
-                self.approved |= 1 << class;
-                self.approved_alone |= 1 << class;
-                return;
-            }
+        if keep && alone && self.may_keep(&ar, pool, class, ai) {
+            return;
         }
         // SAFETY: guaranteed by the caller.
         unsafe { self.insert_to_freepool(pool, &mut ar, &sh.map) };
+    }
+
+    /// The witness of a pool kept because its arena is the only one: no pool, and never
+    /// dereferenced.
+    const ONLY_ARENA: *mut PoolHeader = ptr::dangling_mut();
+
+    /// Whether `pool`, empty and alone in its class list, may stay there: its arena (`ai`) has
+    /// another pool of this heap in use, or is the only arena. Records the pool in use found
+    /// (the *witness*, or `ONLY_ARENA`), so that the next time the pool empties no lock is
+    /// needed as long as the witness is still in use (or the arena the only one).
+    ///
+    /// Why the witness is checked every time: two pools of one arena could otherwise approve
+    /// each other while each was in use, and both stay kept once both are empty, keeping an
+    /// arena mapped that holds nothing. A busy pool stops being busy only by emptying: then it
+    /// goes back to its arena (which clears every approval) or is kept, which needs its own
+    /// witness busy at that moment; so whenever a kept pool exists, some pool of its heap in
+    /// its arena is in use. A witness cannot change hands unnoticed: it would have to go back
+    /// to its arena first, clearing the approvals.
+    fn may_keep(&mut self, ar: &Arenas<G>, pool: *mut PoolHeader, class: usize, ai: u32) -> bool {
+        if let Some(w) = ar.busy_pool_of(ai, self.id, pool) {
+            self.witness[class] = w;
+            return true;
+        }
+        if ar.narenas_currently_allocated == 1 {
+            self.witness[class] = Self::ONLY_ARENA;
+            self.approved_alone |= 1 << class;
+            return true;
+        }
+        false
     }
 
     /// Gives back every kept empty pool whose arena holds no pool of this heap with live
@@ -329,7 +363,7 @@ impl<G: Geometry> Heap<G> {
 
     /// Whether arena `ai` has a pool of this heap holding live blocks, other than `except`.
     fn arena_has_busy_pool(&self, ar: &Arenas<G>, ai: u32, except: *mut PoolHeader) -> bool {
-        ar.has_busy_pool_of(ai, self.id, except)
+        ar.busy_pool_of(ai, self.id, except).is_some()
     }
 
     /// If this heap has kept empty pools in arena `ai` (other than `except`) and no pool there
@@ -391,7 +425,7 @@ impl<G: Geometry> Heap<G> {
             }
         }
         self.usedpools[class] = pool;
-        self.approved &= !(1 << class);
+        self.witness[class] = ptr::null_mut();
         self.approved_alone &= !(1 << class);
     }
 
@@ -407,7 +441,7 @@ impl<G: Geometry> Heap<G> {
             let prev = (*pool).prevpool;
             if prev.is_null() {
                 self.usedpools[class] = next;
-                self.approved &= !(1 << class);
+                self.witness[class] = ptr::null_mut();
                 self.approved_alone &= !(1 << class);
             } else {
                 (*prev).nextpool = next;
@@ -486,9 +520,9 @@ impl<G: Geometry> Heap<G> {
                     (*pool).nextpool
                 };
                 // SAFETY: as above.
-                let empty = unsafe { (*pool).count() } == 0;
+                let (empty, ai) = unsafe { ((*pool).count() == 0, (*pool).arenaindex) };
                 let alone = self.usedpools[class] == pool && next.is_null();
-                if empty && !(keep && alone) {
+                if empty && !(keep && alone && self.may_keep(&ar, pool, class, ai)) {
                     // SAFETY: an empty pool in its class list; any kept pools this returns
                     // with it are heads of other classes' lists, or of this one (then it is
                     // `pool` itself, or an empty head, which the invariant rules out with
@@ -546,8 +580,7 @@ impl<G: Geometry> Heap<G> {
         ar.maybe_decommit(ai);
         // An arena's pools just went back: every kept pool is asked about again when it next
         // empties.
-        self.approved = 0;
-        self.approved_alone = 0;
+        self.witness = [ptr::null_mut(); MAX_CLASSES];
     }
 
     /// Unlinks `pool` and gives it back to its arena.
@@ -693,10 +726,15 @@ impl<G: Geometry> Arenas<G> {
         }
     }
 
-    /// Whether arena `ai` has a pool owned by `owner` holding live blocks, other than `except`.
+    /// A pool of arena `ai` owned by `owner` holding live blocks, other than `except`, if any.
     /// Walks the arena's carved pools: `owner` is written under this lock, `count` is atomic.
-    fn has_busy_pool_of(&self, ai: u32, owner: u32, except: *mut PoolHeader) -> bool {
-        Self::carved_pools(self.arenas.get(ai)).any(|p| {
+    fn busy_pool_of(
+        &self,
+        ai: u32,
+        owner: u32,
+        except: *mut PoolHeader,
+    ) -> Option<*mut PoolHeader> {
+        Self::carved_pools(self.arenas.get(ai)).find(|&p| {
             // SAFETY: carved pools have initialised headers.
             p != except && unsafe { (*p).owner == owner && pool::count_of(p) != 0 }
         })
@@ -1260,8 +1298,17 @@ impl<G: Geometry> Arenas<G> {
                 }
                 if h.count() == 0
                     && self.narenas_currently_allocated > 1
-                    && !heap.kept_as_only_arena(h.szidx as usize)
-                    && !self.has_busy_pool_of(ai, h.owner, pool)
+                    && self.busy_pool_of(ai, h.owner, pool).is_none()
+                    && !Self::carved_pools(a).any(|p| {
+                        // SAFETY: carved pools have initialised headers; `p` is checked to be a
+                        // pool of `heap`, which the caller may inspect, before its count.
+                        unsafe {
+                            (*p).owner == h.owner
+                                && (*p).count() == 0
+                                && heap.kept_as_only_arena((*p).szidx as usize)
+                                && heap.is_kept(p, (*p).szidx as usize)
+                        }
+                    })
                 {
                     return fail(
                         "a kept empty pool pins an arena with no pool of its heap in use",

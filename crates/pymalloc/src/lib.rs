@@ -120,7 +120,7 @@ use pool::{PoolHeader, SHARED};
 #[cfg(not(loom))]
 use sync::Lock;
 #[cfg(not(loom))]
-pub use tls::MAX_SLOTS;
+pub use tls::{MAX_EXIT_HOOKS, MAX_SLOTS};
 
 /// The `owner` given to validation when the caller owns no heap of the pool (so that fields
 /// only the owner writes are not read).
@@ -291,6 +291,44 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         fork::register(self.shared_heap.raw()) && fork::register(self.shared.arenas.raw())
     }
 
+    /// Has every thread collect its heap in this allocator when it exits: what other threads
+    /// freed into its pools is taken in, and its empty and kept pools go back to their arenas
+    /// (and from there, wholly free arenas to the OS), instead of waiting for another thread to
+    /// adopt the heap or for `stats()`, `trim()` or a new arena to collect it. Call it once,
+    /// early, on the `static` used as `#[global_allocator]` (it takes `&'static self`: exiting
+    /// threads use the allocator's address for the rest of the process). Returns `false` if it
+    /// could not be registered (more than [`MAX_EXIT_HOOKS`] allocators).
+    ///
+    /// ```
+    /// use pymalloc::PyMalloc;
+    ///
+    /// #[global_allocator]
+    /// static GLOBAL: PyMalloc = PyMalloc::new();
+    ///
+    /// assert!(GLOBAL.collect_at_thread_exit());
+    /// std::thread::spawn(|| vec![1u8; 100]).join().unwrap();
+    /// ```
+    pub fn collect_at_thread_exit(&'static self) -> bool {
+        tls::add_exit_hook(ptr::from_ref(self).cast(), Self::exit_hook)
+    }
+
+    /// The thread holding slot `t` exits: collect its heap here.
+    ///
+    /// # Safety
+    /// `data` is a `&'static Self`; called on the thread that holds slot `t`, from its exit
+    /// destructor.
+    unsafe fn exit_hook(data: *const (), t: usize) {
+        // SAFETY: registered by `collect_at_thread_exit` from a `&'static Self`.
+        let this = unsafe { &*data.cast::<Self>() };
+        let slot = &this.slots[t];
+        // SAFETY: the calling thread holds slot `t`.
+        unsafe {
+            let heap = &mut *slot.heap.get();
+            heap.drain_delayed(&slot.delayed, &this.shared);
+            heap.collect_all(&this.shared, false);
+        }
+    }
+
     /// Walks the whole heap and checks every invariant of pools, arenas and lists (listed in
     /// `docs/ARCHITECTURE.md`). O(heap size): for tests and debugging, not for hot paths.
     ///
@@ -338,10 +376,11 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// arena map whether a block is ours, so such blocks go back to the backend.
     #[inline(always)]
     fn alloc_small(&self, class: usize, layout: Layout, zeroed: bool) -> *mut u8 {
-        let t = tls::current() & (MAX_SLOTS - 1);
-        // SAFETY: heap `t` is this thread's (its slot), or the sentinel heap 0, whose lists
-        // stay empty and which `try_alloc` then only reads.
-        let mut p = unsafe { Heap::try_alloc(self.slots[t].heap.get(), class) };
+        let t = tls::current();
+        // SAFETY: a slot number is below MAX_SLOTS (`tls`). Heap `t` is this thread's (its
+        // slot), or the sentinel heap 0, whose lists stay empty and which `try_alloc` then only
+        // reads.
+        let mut p = unsafe { Heap::try_alloc(self.slots.get_unchecked(t).heap.get(), class) };
         if util::unlikely(p.is_null()) {
             p = self.alloc_slow(class);
             if p.is_null() {
@@ -669,14 +708,15 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// `ptr` is a live block of this heap's pools, allocated with `layout`.
     #[inline(always)]
     unsafe fn dealloc_small(&self, ptr: *mut u8, class: usize, layout: Layout) {
-        let t = tls::current() & (MAX_SLOTS - 1);
+        let t = tls::current();
         self.debug_check_block(ptr, class, layout, t as u32);
         let pool = pool::pool_of::<G>(ptr);
         // SAFETY: `ptr` is a live block of our pools, so its pool's header is initialised and
         // its `owner` stays as it is while the block lives. Slot 0 owns no pool.
         if util::likely(unsafe { (*pool).owner } == t as u32) {
-            // SAFETY: the pool is heap `t`'s, and heap `t` is this thread's.
-            unsafe { (*self.slots[t].heap.get()).free(ptr, &self.shared, true) };
+            // SAFETY: the pool is heap `t`'s, and heap `t` is this thread's; `t` is below
+            // MAX_SLOTS (`tls`).
+            unsafe { (*self.slots.get_unchecked(t).heap.get()).free(ptr, &self.shared, true) };
         } else {
             // SAFETY: forwarded from the caller.
             unsafe { self.dealloc_remote(ptr, pool, class, layout) };

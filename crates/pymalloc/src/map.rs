@@ -47,6 +47,7 @@ const VA_BITS: u32 = 48;
 pub(crate) struct ArenaMap<G: Geometry> {
     root: AtomicPtr<AtomicPtr<AtomicU32>>, // 2^ROOT_BITS leaf pointers, or null
     leaves: AtomicUsize,                   // leaves mapped (for statistics)
+    registered: AtomicUsize,               // arenas registered now
     _geometry: PhantomData<G>,
 }
 
@@ -68,6 +69,7 @@ impl<G: Geometry> ArenaMap<G> {
             Self {
                 root: AtomicPtr::new(ptr::null_mut()),
                 leaves: AtomicUsize::new(0),
+                registered: AtomicUsize::new(0),
                 _geometry: PhantomData,
             }
         }
@@ -133,7 +135,17 @@ impl<G: Geometry> ArenaMap<G> {
         // SAFETY: `l < LEAF_LEN` and the leaf is mapped.
         // Release: the arena's registration happens before any block from it is handed out.
         unsafe { (*leaf.add(l)).store(index + 1, Ordering::Release) };
+        // Written only by the lock holder: a load and a store, read by others as a hint.
+        let n = self.registered.load(Ordering::Relaxed);
+        self.registered.store(n + 1, Ordering::Relaxed);
         true
+    }
+
+    /// Arenas registered now. Exact under the arenas lock; without it, a value it had lately
+    /// (heaps use it to decide whether an empty pool kept as "the only arena's" may stay).
+    #[inline(always)]
+    pub(crate) fn registered(&self) -> usize {
+        self.registered.load(Ordering::Relaxed)
     }
 
     /// Forgets the arena at `base`.
@@ -151,8 +163,10 @@ impl<G: Geometry> ArenaMap<G> {
         // SAFETY: indices are in range and the tables are mapped (checked for null).
         unsafe {
             let leaf = (*root.add(r)).load(Ordering::Relaxed);
-            if !leaf.is_null() {
+            if !leaf.is_null() && (*leaf.add(l)).load(Ordering::Relaxed) != 0 {
                 (*leaf.add(l)).store(0, Ordering::Release);
+                let n = self.registered.load(Ordering::Relaxed);
+                self.registered.store(n - 1, Ordering::Relaxed);
             }
         }
     }

@@ -210,12 +210,13 @@ unsafe fn extend<G: Geometry>(pool: *mut PoolHeader, class: usize) -> bool {
     }
 }
 
-/// Pushes `p` on its pool's free list. Returns the pool and whether it was full before.
+/// Pushes `p` on its pool's free list. Returns the pool, whether it was full before, and
+/// whether it is empty now.
 ///
 /// # Safety
 /// `p` is a live block of an initialised pool owned by the caller, and is dead from now on.
 #[inline(always)]
-pub(crate) unsafe fn push<G: Geometry>(p: *mut u8) -> (*mut PoolHeader, bool) {
+pub(crate) unsafe fn push<G: Geometry>(p: *mut u8) -> (*mut PoolHeader, bool, bool) {
     let pool = pool_of::<G>(p);
     // SAFETY: `p` is a block of `pool`, large and aligned enough to hold the link.
     unsafe {
@@ -225,7 +226,7 @@ pub(crate) unsafe fn push<G: Geometry>(p: *mut u8) -> (*mut PoolHeader, bool) {
         let count = (*pool).count();
         debug_assert!(count > 0, "free into an empty pool {pool:p}");
         (*pool).set_count(count - 1);
-        (pool, lastfree.is_null())
+        (pool, lastfree.is_null(), count == 1)
     }
 }
 
@@ -406,7 +407,7 @@ mod tests {
                     assert_eq!(*b as usize % G::ALIGNMENT, 0);
                     assert!(off + size <= G::POOL_SIZE);
                 }
-                let (_, was_full) = push::<G>(blocks[3]);
+                let (_, was_full, _) = push::<G>(blocks[3]);
                 assert!(was_full);
                 let (again, _) = pop::<G>(pool, class);
                 assert_eq!(again, blocks[3], "last freed, first reused");

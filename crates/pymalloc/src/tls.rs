@@ -126,10 +126,13 @@ std::thread_local! {
     static PHASE: Cell<u8> = const { Cell::new(FRESH) };
 }
 
-/// The current thread's slot: 0 until it registers, and again from its exit on.
+/// The current thread's slot: 0 until it registers, and again from its exit on. Always below
+/// [`MAX_SLOTS`] (callers index with it unchecked).
 #[inline(always)]
 pub(crate) fn current() -> usize {
-    SLOT.with(Cell::get)
+    let t = SLOT.with(Cell::get);
+    debug_assert!(t < MAX_SLOTS);
+    t
 }
 
 /// Gives the current thread a slot if it has none and may take one; returns its slot, or 0 if
@@ -208,14 +211,88 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 }
 
 #[cfg(not(loom))]
-/// The key destructor: the thread is exiting. Its heaps stay for the next holder of the slot.
+/// The key destructor: the thread is exiting. The registered allocators collect its heaps (see
+/// [`add_exit_hook`]); then the heaps stay, for the next holder of the slot.
+#[cfg(not(loom))]
 extern "C" fn thread_exit(_value: *mut libc::c_void) {
     let t = current();
+    if t != 0 {
+        let n = HOOKS.count.load(Acquire);
+        for i in 0..n {
+            let data = HOOKS.data[i].load(Relaxed);
+            let hook = HOOKS.hook[i].load(Relaxed);
+            // SAFETY: entries below `count` were written before it was published (Release),
+            // with a hook of type `ExitHook` for that data, valid for the whole process; we
+            // still hold slot `t`.
+            unsafe {
+                let hook: ExitHook = core::mem::transmute::<*mut (), ExitHook>(hook);
+                hook(data, t);
+            }
+        }
+    }
     SLOT.with(|c| c.set(0));
     PHASE.with(|c| c.set(TORN_DOWN));
     if t != 0 {
         SLOTS.release(t);
     }
+}
+
+/// What an allocator runs when a thread holding slot `t` exits, with the data it registered,
+/// before the slot is freed.
+///
+/// # Safety
+/// Called only from the thread exit destructor, on the thread that holds slot `t`.
+pub(crate) type ExitHook = unsafe fn(*const (), usize);
+
+/// How many allocators can have their heaps collected at thread exit.
+#[cfg_attr(loom, allow(unreachable_pub))]
+pub const MAX_EXIT_HOOKS: usize = 16;
+
+#[cfg(not(loom))]
+struct Hooks {
+    data: [core::sync::atomic::AtomicPtr<()>; MAX_EXIT_HOOKS],
+    hook: [core::sync::atomic::AtomicPtr<()>; MAX_EXIT_HOOKS],
+    count: core::sync::atomic::AtomicUsize, // entries published
+    adding: core::sync::atomic::AtomicBool, // serialises registrations
+}
+
+#[cfg(not(loom))]
+static HOOKS: Hooks = Hooks {
+    data: [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_EXIT_HOOKS],
+    hook: [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_EXIT_HOOKS],
+    count: core::sync::atomic::AtomicUsize::new(0),
+    adding: core::sync::atomic::AtomicBool::new(false),
+};
+
+/// Registers `hook(data, slot)` to run on every thread exit from now on, before the thread's
+/// slot is freed. `data` must stay valid for the rest of the process. Returns `false` if the
+/// table is full; registering the same `data` twice is a no-op.
+#[cfg(not(loom))]
+pub(crate) fn add_exit_hook(data: *const (), hook: ExitHook) -> bool {
+    while HOOKS
+        .adding
+        .compare_exchange_weak(false, true, Acquire, Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let n = HOOKS.count.load(Relaxed);
+    let ok = if HOOKS.data[..n]
+        .iter()
+        .any(|d| d.load(Relaxed).cast_const() == data)
+    {
+        true
+    } else if n == MAX_EXIT_HOOKS {
+        false
+    } else {
+        HOOKS.data[n].store(data.cast_mut(), Relaxed);
+        HOOKS.hook[n].store(hook as *mut (), Relaxed);
+        // Release: a thread exit that sees the new count sees the entry.
+        HOOKS.count.store(n + 1, Release);
+        true
+    };
+    HOOKS.adding.store(false, Release);
+    ok
 }
 
 #[cfg(all(test, not(loom)))]

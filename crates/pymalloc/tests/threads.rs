@@ -275,7 +275,41 @@ fn a_new_thread_collects_the_heap_it_adopts() {
         t.join().unwrap();
         in_use
     });
-    assert_eq!(in_use, 1, "blocks freed into the adopted heap still count as in use");
+    assert_eq!(
+        in_use, 1,
+        "blocks freed into the adopted heap still count as in use"
+    );
+    A.check_invariants().unwrap();
+}
+
+/// With `collect_at_thread_exit`, a thread collects its heap as it exits: blocks another
+/// thread freed into its pools while it lived go back at once, and so do the arenas they
+/// emptied, without any call to `stats()` or `trim()` (which would collect too). Without it
+/// the arenas stay mapped until something collects the heap.
+fn a_thread_collects_its_heap_as_it_exits() {
+    static A: PyMalloc = PyMalloc::new();
+    assert!(A.collect_at_thread_exit());
+    assert!(A.collect_at_thread_exit(), "registering twice is harmless");
+    let n = PER_POOL * POOLS * 3; // three arenas' worth
+    let blocks = std::thread::scope(|s| {
+        let (to_main, from_owner) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let owner = s.spawn(move || {
+            to_main.send(alloc_n(&A, n)).unwrap();
+            wait.recv().unwrap(); // alive while its blocks are freed
+        });
+        let blocks = from_owner.recv().unwrap();
+        free_all(&A, &blocks);
+        done.send(()).unwrap();
+        owner.join().unwrap();
+        blocks
+    });
+    let still_ours = blocks.iter().filter(|&&p| A.owns(p as *const u8)).count();
+    assert!(
+        still_ours <= PER_POOL * POOLS,
+        "{still_ours} freed blocks still in mapped arenas: the heap was not collected at exit"
+    );
+    assert_eq!(A.stats().blocks_in_use(), 0);
     A.check_invariants().unwrap();
 }
 
@@ -294,6 +328,7 @@ fn per_thread_heaps() {
     remote_frees_into_full_pools_are_reused_by_their_owner();
     a_new_thread_uses_the_pool_it_adopts();
     a_new_thread_collects_the_heap_it_adopts();
+    a_thread_collects_its_heap_as_it_exits();
     a_thread_allocates_after_its_heap_is_torn_down();
     more_threads_than_slots();
     several_allocators_several_threads();

@@ -332,3 +332,36 @@ fn kept_pools_go_back_with_the_last_busy_pool_of_their_arena() {
     let s = a.stats();
     assert_eq!((s.blocks_in_use(), s.arenas_current), (0, 1));
 }
+
+/// Two kept pools must not vouch for each other. Pools K and W of one arena (not the only
+/// one) each become keepable while the other is in use; then both empty. Whatever the order,
+/// once neither holds a block neither may stay kept: the arena holds nothing of this heap, and
+/// kept pools there would keep it mapped. (A class's approval once skipped the check of the
+/// pool it relied on, and both stayed.)
+#[test]
+fn two_kept_pools_do_not_vouch_for_each_other() {
+    let a = fresh::<Py310>();
+    let mut first = fill_arenas(&a, 1); // a full arena, then a second for K and W
+    let (lk, lw) = (
+        Layout::from_size_align(16, 16).unwrap(),
+        Layout::from_size_align(32, 16).unwrap(),
+    );
+    let k = alloc_checked(&*a, lk);
+    let w = alloc_checked(&*a, lw);
+    assert_eq!(arena_of::<Py310>(k), arena_of::<Py310>(w));
+    assert_ne!(arena_of::<Py310>(k), arena_of::<Py310>(first[0][0]));
+    // SAFETY: each block below is a live block freed once with its layout.
+    unsafe {
+        a.dealloc(k, lk); // K kept: W is in use
+        let k = alloc_checked(&*a, lk);
+        a.dealloc(w, lw); // W kept: K is in use
+        let w = alloc_checked(&*a, lw);
+        a.dealloc(k, lk);
+        a.dealloc(w, lw);
+    }
+    a.check_invariants().unwrap();
+    let s = a.stats();
+    assert_eq!((s.classes()[0].pools, s.classes()[1].pools), (0, 0));
+    free_pools(&a, &mut first[0], Py310::MAX_POOLS_IN_ARENA);
+    a.check_invariants().unwrap();
+}
