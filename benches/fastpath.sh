@@ -18,3 +18,15 @@ for a in glibc pymalloc mimalloc jemalloc; do
     full=$(ir "$a" "$n")
     awk -v a="$a" -v b="$base" -v f="$full" -v n="$n" 'BEGIN { printf "%-10s %.1f\n", a, (f - b) / n }'
 done
+# The same-thread pair has no locked instruction: PyMalloc's fast paths are inlined into
+# `pairs::<PyMalloc>` (everything else it calls is a cold path); count lock-prefixed and
+# exchange instructions there.
+objdump -d --no-show-raw-insn -C "$exe" > target/fastpath.asm
+awk '
+    /^[0-9a-f]+ <fastpath::pairs>:/ { inf = 1; body = ""; has = 0; next }
+    inf && /^$/ { if (has) { printf "%s", body; exit } inf = 0; next }
+    inf { body = body $0 "\n"; if ($0 ~ /PYMALLOC/) has = 1 }' \
+    target/fastpath.asm > target/fastpath-pymalloc.asm
+locked=$(grep -cE '(^|[[:space:]])lock[[:space:]]|xchg' target/fastpath-pymalloc.asm || true)
+echo "locked or exchange instructions in PyMalloc's inlined alloc+free path: $locked" \
+    "(of $(wc -l < target/fastpath-pymalloc.asm) instructions)"

@@ -1,5 +1,7 @@
 //! Counters that threads update without the arenas lock: the blocks the backend (layer +1)
-//! holds for a `PyMalloc`.
+//! holds for a `PyMalloc`. Threads with a heap slot count in their slot's share
+//! ([`SlotCounters`], no read-modify-write); threads without one in the shared
+//! [`LargeCounters`].
 //!
 //! They are statistics: nothing decides anything from them, so every access is `Relaxed`.
 //! What they promise, and the loom model at the end of this file checks:
@@ -54,6 +56,41 @@ impl LargeCounters {
 
     /// `(blocks, bytes)`.
     pub(crate) fn read(&self) -> (usize, usize) {
+        (self.blocks.load(Relaxed), self.bytes.load(Relaxed))
+    }
+}
+
+/// One thread's share of the large-block counters: the blocks (and bytes) it allocated minus
+/// those it freed, written only by the thread holding the slot they belong to (a relaxed load
+/// and store each, no read-modify-write: plain moves), read by anyone. A block allocated on one
+/// thread and freed on another adds to one share and subtracts from the other, so a share can
+/// be negative; only the sum over all shares means anything.
+pub(crate) struct SlotCounters {
+    blocks: crate::sync::atomic::AtomicIsize,
+    bytes: crate::sync::atomic::AtomicIsize,
+}
+
+impl SlotCounters {
+    crate::sync::const_unless_loom! {
+        pub(crate) fn new() -> Self {
+            Self {
+                blocks: crate::sync::atomic::AtomicIsize::new(0),
+                bytes: crate::sync::atomic::AtomicIsize::new(0),
+            }
+        }
+    }
+
+    /// Adds `blocks` and `bytes` (either may be negative). Only the holder of the slot calls it.
+    #[inline(always)]
+    pub(crate) fn add(&self, blocks: isize, bytes: isize) {
+        self.blocks
+            .store(self.blocks.load(Relaxed).wrapping_add(blocks), Relaxed);
+        self.bytes
+            .store(self.bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
+    }
+
+    /// `(blocks, bytes)` of this share.
+    pub(crate) fn read(&self) -> (isize, isize) {
         (self.blocks.load(Relaxed), self.bytes.load(Relaxed))
     }
 }

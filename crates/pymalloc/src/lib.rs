@@ -112,7 +112,7 @@ pub use pymalloc_raw::RawMalloc;
 pub use stats::{ClassStats, Corruption, Stats};
 
 #[cfg(not(loom))]
-use counters::LargeCounters;
+use counters::{LargeCounters, SlotCounters};
 #[cfg(not(loom))]
 use heap::{Heap, Shared};
 #[cfg(not(loom))]
@@ -152,6 +152,7 @@ pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
 struct Slot<G: Geometry> {
     heap: UnsafeCell<Heap<G>>,
     delayed: AtomicPtr<u8>,
+    large: SlotCounters, // this slot's share of the large-block counters
 }
 
 #[cfg(not(loom))]
@@ -160,6 +161,7 @@ impl<G: Geometry> Slot<G> {
         Self {
             heap: UnsafeCell::new(Heap::new(id)),
             delayed: AtomicPtr::new(ptr::null_mut()),
+            large: SlotCounters::new(),
         }
     }
 }
@@ -218,6 +220,42 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         }
     }
 
+    /// Counts a change in the blocks passed to the backend: in the calling thread's share if
+    /// it has a slot (no read-modify-write), else in the shared counters.
+    #[inline(always)]
+    fn count_large(&self, blocks: isize, bytes: isize) {
+        let t = tls::current();
+        if util::likely(t != 0) {
+            // SAFETY: a slot number is below MAX_SLOTS (`tls`); this thread holds slot `t`, the
+            // only writer of its share.
+            unsafe { self.slots.get_unchecked(t) }
+                .large
+                .add(blocks, bytes);
+        } else if blocks > 0 {
+            self.large.allocated(bytes as usize);
+        } else if blocks < 0 {
+            self.large.freed(bytes.unsigned_abs());
+        } else if bytes >= 0 {
+            self.large.resized(0, bytes as usize);
+        } else {
+            self.large.resized(bytes.unsigned_abs(), 0);
+        }
+    }
+
+    /// The blocks passed to the backend and their bytes: the shared counters plus every slot's
+    /// share. Exact once the threads that allocate or free them are quiescent; a reading taken
+    /// while a block moves between threads may be off by that block, and is never below zero.
+    fn large_totals(&self) -> (usize, usize) {
+        let (b, y) = self.large.read();
+        let (mut blocks, mut bytes) = (b as isize, y as isize);
+        for slot in &self.slots {
+            let (b, y) = slot.large.read();
+            blocks = blocks.wrapping_add(b);
+            bytes = bytes.wrapping_add(y);
+        }
+        (blocks.max(0) as usize, bytes.max(0) as usize)
+    }
+
     /// The layer below.
     pub fn backend(&self) -> &B {
         &self.backend
@@ -240,7 +278,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         self.collect_own(true);
         self.collect_free_slots(0);
         let mut s = self.shared.arenas.lock().stats(&self.shared.map);
-        (s.large_blocks, s.large_bytes) = self.large.read();
+        (s.large_blocks, s.large_bytes) = self.large_totals();
         s
     }
 
@@ -431,7 +469,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             }
         };
         if !p.is_null() {
-            self.large.allocated(layout.size());
+            self.count_large(1, layout.size() as isize);
         }
         p
     }
@@ -442,7 +480,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     unsafe fn dealloc_large(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.dealloc(ptr, layout) };
-        self.large.freed(layout.size());
+        self.count_large(-1, -(layout.size() as isize));
     }
 
     /// In debug builds, checks that `ptr`, freed (or reallocated) with a small layout and not in
@@ -859,7 +897,7 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // SAFETY: the block is the backend's, with this layout (the caller's routing).
         let q = unsafe { self.backend.realloc(ptr, layout, new_size) };
         if !q.is_null() {
-            self.large.resized(layout.size(), new_size);
+            self.count_large(0, new_size as isize - layout.size() as isize);
         }
         q
     }

@@ -313,6 +313,39 @@ fn a_thread_collects_its_heap_as_it_exits() {
     A.check_invariants().unwrap();
 }
 
+/// Blocks above the threshold go to the backend and are counted in the allocating thread's
+/// share; freed on another thread, they are subtracted from that one's. The sum is exact.
+fn large_blocks_are_counted_across_threads() {
+    static A: PyMalloc = PyMalloc::new();
+    let big = Layout::from_size_align(1000, 8).unwrap();
+    let blocks: Vec<usize> = std::thread::spawn(move || {
+        (0..100)
+            // SAFETY: a valid layout; freed below.
+            .map(|_| unsafe { A.alloc(big) } as usize)
+            .collect()
+    })
+    .join()
+    .unwrap();
+    let s = A.stats();
+    assert_eq!((s.large_blocks, s.large_bytes), (100, 100_000));
+    let (first, rest) = blocks.split_at(50);
+    let first = first.to_vec();
+    std::thread::spawn(move || {
+        for p in first {
+            // SAFETY: allocated above with this layout, freed once.
+            unsafe { A.dealloc(p as *mut u8, big) };
+        }
+    })
+    .join()
+    .unwrap();
+    for &p in rest {
+        // SAFETY: as above.
+        unsafe { A.dealloc(p as *mut u8, big) };
+    }
+    let s = A.stats();
+    assert_eq!((s.large_blocks, s.large_bytes), (0, 0));
+}
+
 /// Joins scoped threads one by one. The end of a `thread::scope` waits only for the threads'
 /// closures; `join` waits for the threads themselves, thread-exit destructors included, after
 /// which their heaps can be collected: the statistics are exact once that has happened.
@@ -329,6 +362,7 @@ fn per_thread_heaps() {
     a_new_thread_uses_the_pool_it_adopts();
     a_new_thread_collects_the_heap_it_adopts();
     a_thread_collects_its_heap_as_it_exits();
+    large_blocks_are_counted_across_threads();
     a_thread_allocates_after_its_heap_is_torn_down();
     more_threads_than_slots();
     several_allocators_several_threads();
