@@ -459,9 +459,9 @@ mod loom_models {
     struct Block([usize; 2]);
 
     struct Pool {
-        header: Box<PoolHeader>,
-        blocks: Vec<Box<Block>>,
-        delayed: AtomicPtr<u8>, // the owner heap's delayed list
+        header: *mut PoolHeader, // from `Box::into_raw`, freed on drop
+        blocks: Vec<*mut Block>, // from `Box::into_raw`, freed on drop
+        delayed: AtomicPtr<u8>,  // the owner heap's delayed list
     }
 
     // SAFETY: the owner alone touches the header's plain fields; the model hands blocks over
@@ -470,10 +470,21 @@ mod loom_models {
     // SAFETY: as above.
     unsafe impl Send for Pool {}
 
+    impl Drop for Pool {
+        fn drop(&mut self) {
+            for &b in &self.blocks {
+                // SAFETY: from `Box::into_raw`, freed once.
+                drop(unsafe { Box::from_raw(b) });
+            }
+            // SAFETY: as above.
+            drop(unsafe { Box::from_raw(self.header) });
+        }
+    }
+
     impl Pool {
         /// A pool with `n` live blocks, no free one, listed.
         fn full(n: usize) -> Arc<Self> {
-            let header = Box::new(PoolHeader {
+            let header = Box::into_raw(Box::new(PoolHeader {
                 count: AtomicU16::new(n as u16),
                 szidx: 0,
                 nextoffset: 0,
@@ -484,8 +495,10 @@ mod loom_models {
                 nextpool: ptr::null_mut(),
                 prevpool: ptr::null_mut(),
                 remote: AtomicUsize::new(LISTED),
-            });
-            let blocks = (0..n).map(|_| Box::new(Block([0; 2]))).collect();
+            }));
+            let blocks = (0..n)
+                .map(|_| Box::into_raw(Box::new(Block([0; 2]))))
+                .collect();
             Arc::new(Self {
                 header,
                 blocks,
@@ -494,11 +507,17 @@ mod loom_models {
         }
 
         fn pool(&self) -> *mut PoolHeader {
-            ptr::from_ref(&*self.header).cast_mut()
+            self.header
+        }
+
+        /// The words the model reads after the threads are joined: `(count, remote)`.
+        fn words(&self) -> (usize, usize) {
+            // SAFETY: the header lives until drop; both fields are atomic.
+            unsafe { (count_of(self.header), (*self.header).remote.load(Relaxed)) }
         }
 
         fn block(&self, i: usize) -> *mut u8 {
-            ptr::from_ref(&*self.blocks[i]).cast_mut().cast()
+            self.blocks[i].cast()
         }
 
         /// A free by another thread, as `PyMalloc::dealloc_remote` does it.
@@ -594,11 +613,10 @@ mod loom_models {
             assert!(
                 owner.listed,
                 "the pool stayed unlisted with blocks freed into it: {:#x}",
-                p.header.remote.load(Relaxed)
+                p.words().1
             );
             assert_eq!(owner.free_blocks(&p), 2, "a freed block is lost");
-            assert_eq!(p.header.count(), 1);
-            assert_eq!(p.header.remote.load(Relaxed), LISTED);
+            assert_eq!(p.words(), (1, LISTED));
         });
     }
 
@@ -629,7 +647,7 @@ mod loom_models {
             // SAFETY: our listed pool.
             unsafe { collect(p.pool()) };
             assert_eq!(owner.free_blocks(&p), 2);
-            assert_eq!(p.header.count(), 0);
+            assert_eq!(p.words().0, 0);
         });
     }
 }
