@@ -143,6 +143,7 @@ pub(crate) struct Heap<G: Geometry> {
     // null when the question must be asked again.
     witness: [*mut PoolHeader; MAX_CLASSES],
     approved_alone: u64, // bit c: class c's kept pool was kept because its arena was the only one
+    pub(crate) holder: u64, // the taking of the slot (`tls::holding`) that last looked after it
     id: u32,             // the `owner` of this heap's pools
     _geometry: core::marker::PhantomData<G>,
 }
@@ -158,6 +159,7 @@ impl<G: Geometry> Heap<G> {
             usedpools: [ptr::null_mut(); MAX_CLASSES],
             witness: [ptr::null_mut(); MAX_CLASSES],
             approved_alone: 0,
+            holder: 0,
             id,
             _geometry: core::marker::PhantomData,
         }
@@ -330,6 +332,7 @@ impl<G: Geometry> Heap<G> {
     fn may_keep(&mut self, ar: &Arenas<G>, pool: *mut PoolHeader, class: usize, ai: u32) -> bool {
         if let Some(w) = ar.busy_pool_of(ai, self.id, pool) {
             self.witness[class] = w;
+            self.approved_alone &= !(1 << class);
             return true;
         }
         if ar.narenas_currently_allocated == 1 {
@@ -510,6 +513,9 @@ impl<G: Geometry> Heap<G> {
     /// empty; with `keep` false, the kept empty pools go back too. Drain the delayed list first,
     /// so that full pools with remote frees are listed.
     pub(crate) fn collect_all(&mut self, sh: &Shared<G>, keep: bool) {
+        if self.is_empty() {
+            return;
+        }
         let mut ar = sh.arenas.lock();
         for class in 0..G::NB_SMALL_SIZE_CLASSES {
             let mut pool = self.usedpools[class];

@@ -269,8 +269,10 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// then walks every pool under the arenas lock. Blocks freed into the pools of a heap
     /// whose thread is running count as in use until that thread takes them in, which it does
     /// when a pool of that class runs dry in its hands. A thread that takes the slot of an
-    /// exited thread adopts its heap, pools included, and collects it on the spot; blocks
-    /// freed into those pools afterwards wait for the new owner like any other. Heaps that
+    /// exited thread adopts that slot's heap in every allocator, pools included, and collects
+    /// each on its first slow path in that allocator; until then (and for a thread that never
+    /// uses that allocator, as long as it runs) blocks freed into the adopted pools wait for
+    /// it like any other. Heaps that
     /// another thread is collecting at that moment (in its own `stats`, `trim` or
     /// `check_invariants`) are skipped. So the figures are exact once the threads that own
     /// pools have exited (and been joined), or have collected.
@@ -819,7 +821,6 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self, class: usize) -> *mut u8 {
-        let had_slot = tls::current() != 0;
         let t = tls::register();
         if t == 0 {
             return self.shared_heap.lock().alloc(class, &self.shared);
@@ -828,9 +829,13 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // SAFETY: slot `t` is this thread's, so is its heap; no other reference to it exists
         // while we run (claims only take free slots).
         let heap = unsafe { &mut *slot.heap.get() };
-        if !had_slot {
-            // The thread just took the slot and adopted whatever heap its last holder left:
-            // take in what was freed into it since, give back what is empty, and use the rest.
+        let holding = tls::holding();
+        if heap.holder != holding {
+            // The thread took the slot and adopted whatever heap its last holder left here (in
+            // this allocator: every allocator has a heap per slot, and this is the thread's first
+            // slow path in this one): take in what was freed into it since, give back what is
+            // empty, and use the rest.
+            heap.holder = holding;
             // SAFETY: `slot.delayed` is this heap's delayed list.
             unsafe { heap.drain_delayed(&slot.delayed, &self.shared) };
             heap.collect_all(&self.shared, false);

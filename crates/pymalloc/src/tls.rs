@@ -124,6 +124,19 @@ const TORN_DOWN: u8 = 2;
 std::thread_local! {
     static SLOT: Cell<usize> = const { Cell::new(0) };
     static PHASE: Cell<u8> = const { Cell::new(FRESH) };
+    static HOLDING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Numbers each taking of a slot (from 1), so that a heap can tell whether its slot changed
+/// hands since it was last looked after (see `Heap::holder`).
+#[cfg(not(loom))]
+static TAKINGS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Which taking of its slot the current thread is: 0 if it holds none.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn holding() -> u64 {
+    HOLDING.with(Cell::get)
 }
 
 /// The current thread's slot: 0 until it registers, and again from its exit on. Always below
@@ -154,6 +167,7 @@ pub(crate) fn register() -> usize {
     };
     SLOT.with(|c| c.set(t));
     PHASE.with(|c| c.set(LIVE));
+    HOLDING.with(|c| c.set(TAKINGS.fetch_add(1, Relaxed) + 1));
     // SAFETY: `key` is a key we created; a key below PTHREAD_KEY_2NDLEVEL_SIZE needs no
     // allocation. The value only has to be non-null for the destructor to run.
     unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
@@ -186,7 +200,10 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     loop {
         match EXIT_KEY.load(Acquire) {
             KEY_FAILED => return None,
-            KEY_BUSY => core::hint::spin_loop(),
+            // Another thread is creating the key. Not waited for: had that thread been copied
+            // away by `fork` mid-creation, the child would wait forever. This thread uses the
+            // shared heap for now and tries again on its next slow path.
+            KEY_BUSY => return None,
             KEY_NONE => {
                 if EXIT_KEY
                     .compare_exchange(KEY_NONE, KEY_BUSY, Acquire, Relaxed)
@@ -217,13 +234,16 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 extern "C" fn thread_exit(_value: *mut libc::c_void) {
     let t = current();
     if t != 0 {
-        let n = HOOKS.count.load(Acquire);
+        let n = HOOKS.taken.load(Relaxed).min(MAX_EXIT_HOOKS);
         for i in 0..n {
-            let data = HOOKS.data[i].load(Relaxed);
+            // Acquire: pairs with the Release that published the entry.
+            let data = HOOKS.data[i].load(Acquire);
+            if data.is_null() {
+                continue; // claimed, not written yet
+            }
             let hook = HOOKS.hook[i].load(Relaxed);
-            // SAFETY: entries below `count` were written before it was published (Release),
-            // with a hook of type `ExitHook` for that data, valid for the whole process; we
-            // still hold slot `t`.
+            // SAFETY: a published entry holds a hook of type `ExitHook` for that data, valid
+            // for the whole process; we still hold slot `t`.
             unsafe {
                 let hook: ExitHook = core::mem::transmute::<*mut (), ExitHook>(hook);
                 hook(data, t);
@@ -250,49 +270,53 @@ pub const MAX_EXIT_HOOKS: usize = 16;
 
 #[cfg(not(loom))]
 struct Hooks {
-    data: [core::sync::atomic::AtomicPtr<()>; MAX_EXIT_HOOKS],
+    data: [core::sync::atomic::AtomicPtr<()>; MAX_EXIT_HOOKS], // null until the entry is ready
     hook: [core::sync::atomic::AtomicPtr<()>; MAX_EXIT_HOOKS],
-    count: core::sync::atomic::AtomicUsize, // entries published
-    adding: core::sync::atomic::AtomicBool, // serialises registrations
+    taken: core::sync::atomic::AtomicUsize, // entries handed out (some perhaps not ready yet)
 }
 
 #[cfg(not(loom))]
 static HOOKS: Hooks = Hooks {
     data: [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_EXIT_HOOKS],
     hook: [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_EXIT_HOOKS],
-    count: core::sync::atomic::AtomicUsize::new(0),
-    adding: core::sync::atomic::AtomicBool::new(false),
+    taken: core::sync::atomic::AtomicUsize::new(0),
 };
 
 /// Registers `hook(data, slot)` to run on every thread exit from now on, before the thread's
 /// slot is freed. `data` must stay valid for the rest of the process. Returns `false` if the
-/// table is full; registering the same `data` twice is a no-op.
+/// table is full; registering the same `data` again is a no-op (two threads registering the same
+/// data at the same moment may both add it: its hook then runs twice per exit, which a
+/// collection tolerates).
+///
+/// Lock-free, so that a `fork` in the middle of a registration cannot leave the child waiting:
+/// an entry is claimed by incrementing `taken`, written, and published by storing its data
+/// (`Release`); exiting threads skip entries whose data is still null.
 #[cfg(not(loom))]
 pub(crate) fn add_exit_hook(data: *const (), hook: ExitHook) -> bool {
-    while HOOKS
-        .adding
-        .compare_exchange_weak(false, true, Acquire, Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
-    let n = HOOKS.count.load(Relaxed);
-    let ok = if HOOKS.data[..n]
+    let n = HOOKS.taken.load(Acquire).min(MAX_EXIT_HOOKS);
+    if HOOKS.data[..n]
         .iter()
-        .any(|d| d.load(Relaxed).cast_const() == data)
+        .any(|d| d.load(Acquire).cast_const() == data)
     {
-        true
-    } else if n == MAX_EXIT_HOOKS {
-        false
-    } else {
-        HOOKS.data[n].store(data.cast_mut(), Relaxed);
-        HOOKS.hook[n].store(hook as *mut (), Relaxed);
-        // Release: a thread exit that sees the new count sees the entry.
-        HOOKS.count.store(n + 1, Release);
-        true
-    };
-    HOOKS.adding.store(false, Release);
-    ok
+        return true;
+    }
+    let mut i = HOOKS.taken.load(Relaxed);
+    loop {
+        if i >= MAX_EXIT_HOOKS {
+            return false;
+        }
+        match HOOKS
+            .taken
+            .compare_exchange_weak(i, i + 1, Relaxed, Relaxed)
+        {
+            Ok(_) => break,
+            Err(now) => i = now,
+        }
+    }
+    HOOKS.hook[i].store(hook as *mut (), Relaxed);
+    // Release: a thread exit that sees the data sees the hook.
+    HOOKS.data[i].store(data.cast_mut(), Release);
+    true
 }
 
 #[cfg(all(test, not(loom)))]

@@ -346,6 +346,52 @@ fn large_blocks_are_counted_across_threads() {
     assert_eq!((s.large_blocks, s.large_bytes), (0, 0));
 }
 
+/// The same as `a_new_thread_collects_the_heap_it_adopts`, in a second allocator: the new thread
+/// takes the slot through another allocator first, and collects the heap it adopted in this
+/// one on its first slow path here.
+fn a_new_thread_collects_the_heap_it_adopts_in_every_allocator() {
+    static OTHER: PyMalloc = PyMalloc::new();
+    static B: PyMalloc = PyMalloc::new();
+    let n = PER_POOL * 40;
+    std::thread::scope(|s| {
+        let (to_main, from_owner) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let owner = s.spawn(move || {
+            to_main.send(alloc_n(&B, n)).unwrap();
+            wait.recv().unwrap(); // alive while the blocks are freed
+        });
+        free_all(&B, &from_owner.recv().unwrap());
+        done.send(()).unwrap();
+        owner.join().unwrap();
+    });
+    let l32 = Layout::from_size_align(32, 8).unwrap();
+    let in_use = std::thread::scope(|s| {
+        let (ready, wait_ready) = std::sync::mpsc::channel::<()>();
+        let (done, wait_done) = std::sync::mpsc::channel::<()>();
+        let t = s.spawn(move || {
+            // SAFETY: valid layouts; freed below.
+            let (o, p) = unsafe { (OTHER.alloc(l32), B.alloc(l32)) };
+            ready.send(()).unwrap();
+            wait_done.recv().unwrap();
+            // SAFETY: allocated above with these layouts.
+            unsafe {
+                OTHER.dealloc(o, l32);
+                B.dealloc(p, l32);
+            }
+        });
+        wait_ready.recv().unwrap();
+        let in_use = B.stats().blocks_in_use();
+        done.send(()).unwrap();
+        t.join().unwrap();
+        in_use
+    });
+    assert_eq!(
+        in_use, 1,
+        "blocks freed into the adopted heap still count as in use"
+    );
+    B.check_invariants().unwrap();
+}
+
 /// Joins scoped threads one by one. The end of a `thread::scope` waits only for the threads'
 /// closures; `join` waits for the threads themselves, thread-exit destructors included, after
 /// which their heaps can be collected: the statistics are exact once that has happened.
@@ -361,6 +407,7 @@ fn per_thread_heaps() {
     remote_frees_into_full_pools_are_reused_by_their_owner();
     a_new_thread_uses_the_pool_it_adopts();
     a_new_thread_collects_the_heap_it_adopts();
+    a_new_thread_collects_the_heap_it_adopts_in_every_allocator();
     a_thread_collects_its_heap_as_it_exits();
     large_blocks_are_counted_across_threads();
     a_thread_allocates_after_its_heap_is_torn_down();
