@@ -81,8 +81,9 @@
 //!   blocks on its owner's delayed list in `count` (see [`crate::pool`]).
 //! - A carved pool with no live block is on its arena's free list (`owner == NO_OWNER`),
 //!   decommitted, or its class's kept pool in its owner heap.
-//! - With a single heap holding pools: an arena holding a kept empty pool also holds a pool
-//!   with live blocks, or is the only arena.
+//! - An arena holding a kept empty pool of a heap also holds a pool of that heap with live
+//!   blocks, or a pool of that heap kept because its arena was the only one, or is the only
+//!   arena.
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
 //! - Every live arena is registered in the arena map under its index.
