@@ -74,6 +74,28 @@
 //! (64 KiB pages under 16 KiB pools, say) nothing is decommitted: `madvise` works in whole
 //! pages and would take live neighbouring pools with it.
 //!
+//! # Retention: when giving back thrashes
+//! Both rules above give memory back as soon as it is free. A program that builds a large
+//! structure, frees it and builds it again (a request loop, the trees of the binary-trees
+//! benchmark) then pays, at every round, the `munmap`/`madvise` and the zero-fill faults of
+//! every page it wants back. So the arenas carry a small policy, counted in pools taken from
+//! the arenas (no clock is read):
+//! - *Thrash*: memory is wanted back (an arena mapped, or a decommitted pool taken) within
+//!   `2^(level+1)` arenas' worth of pool takes after pages were given back. The level (0 to 3)
+//!   steps up by one, once per giving back.
+//! - At level `l`, `2^l - 1` wholly free arenas stay mapped besides CPython's last one (at
+//!   most 7, 7 MiB at `Py310`), and an arena's dirty free pools are decommitted in batches of
+//!   `2^l` quarters of an arena (from level 2 on, only a wholly free arena's dirty pools would
+//!   reach the batch, and such an arena is released or kept whole).
+//! - *Calm*: when, for 32 arenas' worth of pool takes, nothing was wanted back and none of the
+//!   retained memory was used (a pool taken from a kept wholly free arena, or a dirty pool
+//!   past the first batch), the level goes back to 0 and the arenas it kept are released.
+//! - [`Arenas::trim`] releases every wholly free arena and sets the level back to 0.
+//!
+//! At level 0 the two rules above hold exactly; a program that frees everything once keeps
+//! one arena. The price of a raised level is the retained memory, visible in `Stats`
+//! (`arenas_wholly_free`, `retention_level`) until the calm or `trim()`.
+//!
 //! # Invariants (checked by `PyMalloc::check_invariants`)
 //! - Every pool in a heap's `usedpools[i]` has `szidx == i`, `owner ==` the heap and
 //!   `count < capacity`; `count == 0` only for the list's sole pool (the kept empty pool).
@@ -86,6 +108,7 @@
 //!   arena.
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
+//! - At most `2^level` arenas are wholly free, plus one per unmap the kernel refused.
 //! - Every live arena is registered in the arena map under its index.
 //! - An arena's `nfreepools` counts its dirty free pools (`ndirty`, on `freepools`), its
 //!   decommitted ones and its virgin ones.
@@ -128,6 +151,7 @@ pub(crate) struct Arenas<G: Geometry> {
     narenas_highwater: usize,                  // most arenas mapped at once
     arena_unmap_failures: usize,               // unmaps the kernel refused (arena kept)
     pools_decommitted: usize,                  // free pools whose pages were given back
+    retention: Retention,                      // how much free memory stays committed
     pub(crate) fallbacks: FallbackSet,         // debug builds: live fallback blocks
     _geometry: core::marker::PhantomData<G>,
 }
@@ -584,7 +608,7 @@ impl<G: Geometry> Heap<G> {
         }
         // SAFETY: guaranteed by the caller.
         unsafe { self.return_pool(pool, ar, map) };
-        ar.maybe_decommit(ai);
+        ar.maybe_decommit(ai, map);
         // An arena's pools just went back: every kept pool is asked about again when it next
         // empties.
         self.witness = [ptr::null_mut(); MAX_CLASSES];
@@ -659,6 +683,71 @@ impl<G: Geometry> Heap<G> {
     }
 }
 
+/// How much free memory stays committed: the retention policy (see "Retention" above). All
+/// times are counted in pools taken from the arenas, not in seconds: no clock is read.
+#[derive(Clone, Copy, Debug)]
+struct Retention {
+    level: u32,       // 0 ..= MAX_LEVEL
+    pools_taken: u64, // pools ever taken from the arenas
+    last_purge: u64,  // `pools_taken` when pages were last given back; 0: not since a step up
+    last_need: u64,   // `pools_taken` when memory was last wanted back or retained memory used
+    window: u64,      // pools per arena, the unit of "soon" and of "calm"
+}
+
+impl Retention {
+    /// The highest level: 2^3 - 1 = 7 extra wholly free arenas, decommit batches of 8x.
+    const MAX_LEVEL: u32 = 3;
+    /// A long calm, in arenas' worth of pool takes: twice the longest "soon".
+    const CALM: u64 = 2 << (Self::MAX_LEVEL + 1);
+
+    const fn new(pools_per_arena: usize) -> Self {
+        Self {
+            level: 0,
+            pools_taken: 0,
+            last_purge: 0, // a purge follows at least one take, so 0 is never a real time
+            last_need: 0,
+            window: pools_per_arena as u64,
+        }
+    }
+
+    /// Wholly free arenas kept besides CPython's last one.
+    fn extra_free_arenas(&self) -> usize {
+        (1 << self.level) - 1
+    }
+
+    /// Pages were given back: a decommit batch, or an arena unmapped.
+    fn purged(&mut self) {
+        self.last_purge = self.pools_taken;
+    }
+
+    /// Memory was wanted again: a decommitted pool taken, or an arena mapped. If pages were
+    /// given back soon before (within `2^(level+1)` arenas' worth of pool takes, the kept
+    /// arenas being used up first), that was thrash: the level steps up, once per giving back.
+    fn wanted_back(&mut self) {
+        let soon = self.window << (self.level + 1);
+        if self.last_purge != 0 && self.pools_taken - self.last_purge <= soon {
+            self.level = (self.level + 1).min(Self::MAX_LEVEL);
+            self.last_need = self.pools_taken;
+            self.last_purge = 0;
+        }
+    }
+
+    /// Memory that level 0 would have given back was used again: the level earns its keep.
+    fn retained_used(&mut self) {
+        self.last_need = self.pools_taken;
+    }
+
+    /// After a long calm (no thrash, no retained memory used for `CALM` arenas' worth of pool
+    /// takes) the policy starts over at level 0. Returns whether it did.
+    fn settle(&mut self) -> bool {
+        if self.level > 0 && self.pools_taken - self.last_need > Self::CALM * self.window {
+            self.level = 0;
+            return true;
+        }
+        false
+    }
+}
+
 impl<G: Geometry> Arenas<G> {
     pub(crate) const fn new() -> Self {
         Self {
@@ -671,6 +760,7 @@ impl<G: Geometry> Arenas<G> {
             narenas_highwater: 0,
             arena_unmap_failures: 0,
             pools_decommitted: 0,
+            retention: Retention::new(G::MAX_POOLS_IN_ARENA),
             fallbacks: FallbackSet::new(),
             _geometry: core::marker::PhantomData,
         }
@@ -697,7 +787,21 @@ impl<G: Geometry> Arenas<G> {
             self.nfp2lasta[nf] = ai;
         }
         let ai = self.usable_arenas;
-        let nf = self.arenas.get(ai).nfreepools as usize;
+        self.retention.pools_taken += 1;
+        let nf = {
+            let a = self.arenas.get(ai);
+            if a.freepools.is_null() && a.decommitted_pools() != 0 {
+                // The pool comes from the decommitted ones: its pages fault in again.
+                self.retention.wanted_back();
+            } else if (a.nfreepools == a.ntotalpools && a.nextarena != NONE)
+                || a.ndirty as usize >= Self::DECOMMIT_BATCH
+            {
+                // A wholly free arena besides CPython's last one, or a dirty pool past the
+                // first batch: memory that level 0 would have given back.
+                self.retention.retained_used();
+            }
+            a.nfreepools as usize
+        };
         // The head arena has the fewest free pools; taking one keeps it at the head, so only
         // nfp2lasta needs fixing.
         if self.nfp2lasta[nf] == ai {
@@ -750,6 +854,7 @@ impl<G: Geometry> Arenas<G> {
     /// Maps a new arena and registers it; returns its index. CPython: `new_arena`.
     #[cold]
     fn new_arena(&mut self, map: &ArenaMap<G>) -> Option<u32> {
+        self.retention.wanted_back();
         if self.unused_arena_objects == NONE {
             let fresh = self.arenas.grow()?;
             // Chain the new slots, lowest index first.
@@ -882,12 +987,21 @@ impl<G: Geometry> Arenas<G> {
     };
 
     /// Decommits arena `ai`'s dirty free pools if there are a batch of them (and it is live).
-    fn maybe_decommit(&mut self, ai: u32) {
+    /// First, if the retention policy settles back to level 0, releases the wholly free arenas
+    /// it no longer allows.
+    fn maybe_decommit(&mut self, ai: u32, map: &ArenaMap<G>) {
+        if self.retention.settle() {
+            self.shed_free_arenas(map);
+        }
+        let batch = Self::DECOMMIT_BATCH << self.retention.level;
         let a = self.arenas.get_mut(ai);
-        if !a.address.is_null() && a.ndirty as usize >= Self::DECOMMIT_BATCH {
+        if !a.address.is_null() && a.ndirty as usize >= batch {
             // SAFETY: the arena is live.
-            self.pools_decommitted +=
-                unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
+            let n = unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
+            self.pools_decommitted += n;
+            if n != 0 {
+                self.retention.purged();
+            }
         }
     }
 
@@ -921,10 +1035,13 @@ impl<G: Geometry> Arenas<G> {
             let a = self.arenas.get(ai);
             (a.ntotalpools as usize, a.nextarena)
         };
-        // Case 1: wholly free and not the last usable arena -> back to the OS.
-        if nf == ntotal && next != NONE {
+        // Case 1: wholly free and not the last usable arena -> back to the OS, unless the
+        // retention policy keeps a few more (see "Retention").
+        if nf == ntotal && next != NONE && !self.keeps_free_arena(next) {
             self.unlink_usable(ai);
-            self.release_arena(ai, map);
+            if self.release_arena(ai, map) {
+                self.retention.purged();
+            }
             return;
         }
         // Case 2: it was full (in no list); it now has the fewest free pools: goes first.
@@ -967,30 +1084,70 @@ impl<G: Geometry> Arenas<G> {
         self.arenas.get_mut(lastnf).nextarena = ai;
     }
 
-    /// Releases every wholly free arena (the one kept by the bpo-37257 rule, and any that the
-    /// heaps' trims freed), then decommits the free pools of the arenas that stay.
+    /// Whether one more wholly free arena may stay mapped, `next` being the first of those
+    /// already at the end of `usable_arenas` (every arena after a wholly free one is wholly
+    /// free: the list is sorted by free pools and all arenas have the same number of pools).
+    fn keeps_free_arena(&self, next: u32) -> bool {
+        let extra = self.retention.extra_free_arenas();
+        // Wholly free arenas after the one just freed, counted up to one past the allowance.
+        let mut after = 0;
+        let mut ai = next;
+        while ai != NONE && after <= extra {
+            after += 1;
+            ai = self.arenas.get(ai).nextarena;
+        }
+        after <= extra
+    }
+
+    /// Releases the wholly free arenas the retention policy no longer allows (after it settled
+    /// back to level 0), from the end of `usable_arenas`.
+    fn shed_free_arenas(&mut self, map: &ArenaMap<G>) {
+        let ntotal = G::MAX_POOLS_IN_ARENA;
+        let allowed = 1 + self.retention.extra_free_arenas();
+        loop {
+            let last = self.nfp2lasta[ntotal];
+            let mut n = 0;
+            let mut ai = last;
+            while ai != NONE && self.arenas.get(ai).nfreepools as usize == ntotal {
+                n += 1;
+                ai = self.arenas.get(ai).prevarena;
+            }
+            if n <= allowed || !self.release_wholly_free(last, map) {
+                return;
+            }
+        }
+    }
+
+    /// Unlinks wholly free arena `ai` from `usable_arenas` and releases it; `false` if the
+    /// kernel refused (it is then back at the end of the list).
+    fn release_wholly_free(&mut self, ai: u32, map: &ArenaMap<G>) -> bool {
+        let a = self.arenas.get(ai);
+        let nf = a.nfreepools as usize;
+        if self.nfp2lasta[nf] == ai {
+            let p = a.prevarena;
+            self.nfp2lasta[nf] = if p != NONE && self.arenas.get(p).nfreepools as usize == nf {
+                p
+            } else {
+                NONE
+            };
+        }
+        self.unlink_usable(ai);
+        self.release_arena(ai, map)
+    }
+
+    /// Releases every wholly free arena (the one kept by the bpo-37257 rule, any the retention
+    /// policy kept, and any that the heaps' trims freed), then decommits the free pools of the
+    /// arenas that stay, and resets the retention policy.
     pub(crate) fn trim(&mut self, map: &ArenaMap<G>) {
+        self.retention = Retention::new(G::MAX_POOLS_IN_ARENA);
         let mut ai = self.usable_arenas;
         while ai != NONE {
             let a = self.arenas.get(ai);
             let next = a.nextarena;
-            if a.nfreepools == a.ntotalpools {
-                let nf = a.nfreepools as usize;
-                if self.nfp2lasta[nf] == ai {
-                    let p = a.prevarena;
-                    self.nfp2lasta[nf] =
-                        if p != NONE && self.arenas.get(p).nfreepools as usize == nf {
-                            p
-                        } else {
-                            NONE
-                        };
-                }
-                self.unlink_usable(ai);
-                if !self.release_arena(ai, map) {
-                    // The arena went back to the end of the list; the kernel would most
-                    // likely refuse the next one too.
-                    break;
-                }
+            // A refused unmap puts the arena back at the end of the list; the kernel would
+            // most likely refuse the next one too.
+            if a.nfreepools == a.ntotalpools && !self.release_wholly_free(ai, map) {
+                break;
             }
             ai = next;
         }
@@ -1058,6 +1215,7 @@ impl<G: Geometry> Arenas<G> {
                 continue;
             }
             s.unused_pools += a.nfreepools as usize;
+            s.arenas_wholly_free += usize::from(a.nfreepools == a.ntotalpools);
             for pool in Self::carved_pools(a) {
                 // SAFETY: carved pools have initialised headers; see above for the races.
                 let (owner, count, szidx) =
@@ -1083,6 +1241,7 @@ impl<G: Geometry> Arenas<G> {
         }
         s.arenas_allocated_total = self.ntimes_arena_allocated;
         s.arenas_current = self.narenas_currently_allocated;
+        s.retention_level = self.retention.level;
         s.arenas_reclaimed = self.ntimes_arena_allocated - self.narenas_currently_allocated;
         s.arenas_highwater = self.narenas_highwater;
         s.arena_unmap_failures = self.arena_unmap_failures;
@@ -1477,6 +1636,16 @@ impl<G: Geometry> Arenas<G> {
                 with_free,
                 usable,
             );
+        }
+        // Wholly free arenas: CPython's one, the retention policy's 2^level - 1 more, and any
+        // whose unmap the kernel refused.
+        let wholly_free = (0..self.arenas.capacity())
+            .map(|i| self.arenas.get(i))
+            .filter(|a| !a.address.is_null() && a.nfreepools == a.ntotalpools)
+            .count();
+        let allowed = 1 + self.retention.extra_free_arenas() + self.arena_unmap_failures;
+        if wholly_free > allowed {
+            return fail("too many wholly free arenas", 0, allowed, wholly_free);
         }
         Ok(())
     }

@@ -56,6 +56,14 @@ pub struct Stats {
     pub arenas_highwater: usize,
     /// Arenas mapped now. CPython: `narenas_currently_allocated`.
     pub arenas_current: usize,
+    /// Mapped arenas whose pools are all free: CPython keeps one (bpo-37257); the retention
+    /// policy may keep up to `2^retention_level - 1` more.
+    pub arenas_wholly_free: usize,
+    /// The retention policy's level, 0 to 3: raised when memory given back to the OS was
+    /// wanted again soon after, lowered after a long calm, reset by `trim()`. At level `l`,
+    /// `2^l - 1` wholly free arenas stay mapped besides CPython's one, and free pools are
+    /// decommitted in batches `2^l` times larger (see the heap's docs, "Retention").
+    pub retention_level: u32,
     /// Bytes in live blocks (block sizes, not requested sizes).
     pub bytes_in_allocated_blocks: usize,
     /// Bytes in free (and never-carved) blocks of pools in use.
@@ -103,6 +111,8 @@ impl Stats {
             pools_decommitted: 0,
             arenas_highwater: 0,
             arenas_current: 0,
+            arenas_wholly_free: 0,
+            retention_level: 0,
             bytes_in_allocated_blocks: 0,
             bytes_in_available_blocks: 0,
             unused_pools: 0,
@@ -143,6 +153,8 @@ impl Stats {
         self.pools_decommitted += other.pools_decommitted;
         self.arenas_highwater += other.arenas_highwater;
         self.arenas_current += other.arenas_current;
+        self.arenas_wholly_free += other.arenas_wholly_free;
+        self.retention_level = self.retention_level.max(other.retention_level);
         self.bytes_in_allocated_blocks += other.bytes_in_allocated_blocks;
         self.bytes_in_available_blocks += other.bytes_in_available_blocks;
         self.unused_pools += other.unused_pools;
@@ -301,6 +313,16 @@ impl fmt::Display for Stats {
             f,
             format_args!("# free pools decommitted"),
             self.pools_decommitted,
+        )?;
+        line(
+            f,
+            format_args!("# wholly free arenas mapped"),
+            self.arenas_wholly_free,
+        )?;
+        line(
+            f,
+            format_args!("# retention level"),
+            self.retention_level as usize,
         )?;
         writeln!(f)?;
         writeln!(

@@ -365,3 +365,74 @@ fn two_kept_pools_do_not_vouch_for_each_other() {
     free_pools(&a, &mut first[0], Py310::MAX_POOLS_IN_ARENA);
     a.check_invariants().unwrap();
 }
+
+/// Builds `n` arenas' worth of blocks of the largest class and frees them all, `cycles` times.
+fn build_and_free<G: Geometry>(a: &PyMalloc<RawMalloc, G>, n: usize, cycles: usize) {
+    let (_, layout) = last_class::<G>();
+    for _ in 0..cycles {
+        for v in fill_arenas(a, n) {
+            for b in v {
+                // SAFETY: live block freed once with its layout.
+                unsafe { a.dealloc(b, layout) };
+            }
+        }
+        a.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn a_build_and_free_cycle_stops_mapping_arenas() {
+    // Four arenas built and freed over and over. CPython's rule alone unmaps three arenas at
+    // every free-all and maps them again at the next build; the retention policy sees the
+    // memory wanted back at once and keeps them.
+    let a = fresh::<Py310>();
+    build_and_free(&*a, 4, 4);
+    let s = a.stats();
+    assert!(s.retention_level >= 2, "level {}", s.retention_level);
+    assert_eq!((s.arenas_current, s.arenas_wholly_free), (4, 4));
+    let mapped = s.arenas_allocated_total;
+    build_and_free(&*a, 4, 8);
+    let s = a.stats();
+    assert_eq!(
+        s.arenas_allocated_total, mapped,
+        "no arena mapped again once the level is high enough"
+    );
+    assert_eq!(s.arenas_reclaimed, mapped - 4);
+    // trim() gives every wholly free arena back and starts the policy over.
+    assert_eq!(a.trim(), 4);
+    let s = a.stats();
+    assert_eq!((s.arenas_current, s.retention_level), (0, 0));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_single_free_all_keeps_one_arena_and_a_calm_resets_the_level() {
+    let a = fresh::<Py310>();
+    // Built once and freed: nothing was wanted back, so CPython's rule holds exactly.
+    build_and_free(&*a, 6, 1);
+    let s = a.stats();
+    assert_eq!((s.retention_level, s.arenas_current), (0, 1));
+    // Small cycles raise the level ...
+    build_and_free(&*a, 3, 3);
+    let raised = a.stats().retention_level;
+    assert!(raised > 0);
+    // ... and a long calm (a live set growing over 40 arenas: nothing given back wanted
+    // again, no retained memory used after its first few pools) sets it back to 0, and the
+    // arenas it kept go back to the OS.
+    build_and_free(&*a, 40, 1);
+    let s = a.stats();
+    assert_eq!((s.retention_level, s.arenas_wholly_free), (0, 1));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn retention_never_keeps_more_than_eight_wholly_free_arenas() {
+    // Cycles of 12 arenas: the level goes to its top (3), which keeps 7 arenas besides
+    // CPython's one; the other four are unmapped at every free-all.
+    let a = fresh::<Py310>();
+    build_and_free(&*a, 12, 6);
+    let s = a.stats();
+    assert_eq!(s.retention_level, 3);
+    assert_eq!((s.arenas_current, s.arenas_wholly_free), (8, 8));
+    a.check_invariants().unwrap();
+}
