@@ -92,6 +92,8 @@ pub mod stats;
 pub mod sync;
 #[cfg(not(loom))]
 mod sync;
+#[cfg(not(loom))]
+pub mod thread;
 mod tls;
 mod util;
 
