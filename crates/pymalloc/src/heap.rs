@@ -84,17 +84,21 @@
 //!   `2^(level+1)` arenas' worth of pool takes after pages were given back. The level (0 to 3)
 //!   steps up by one, once per giving back.
 //! - At level `l`, `2^l - 1` wholly free arenas stay mapped besides CPython's last one (at
-//!   most 7, 7 MiB at `Py310`), and an arena's dirty free pools are decommitted in batches of
-//!   `2^l` quarters of an arena (from level 2 on, only a wholly free arena's dirty pools would
-//!   reach the batch, and such an arena is released or kept whole).
-//! - *Calm*: when, for 32 arenas' worth of pool takes, nothing was wanted back and none of the
-//!   retained memory was used (a pool taken from a kept wholly free arena, or a dirty pool
-//!   past the first batch), the level goes back to 0 and the arenas it kept are released.
+//!   most 7, 7 MiB at `Py310`), and the arenas together may hold as many dirty free pools
+//!   (`(2^l - 1)` arenas' worth) before an arena's batch is decommitted again. Past that
+//!   budget, batches are decommitted as at level 0. So a raised level keeps at most 14 arenas'
+//!   worth of free memory committed (14 MiB at `Py310`), whatever the size of the heap.
+//! - *Calm*: when nothing was wanted back for 32 arenas' worth of pool takes, the level steps
+//!   down by one (checked when a pool is given back), and the wholly free arenas it no longer
+//!   allows are released; the next step down needs another calm.
 //! - [`Arenas::trim`] releases every wholly free arena and sets the level back to 0.
 //!
 //! At level 0 the two rules above hold exactly; a program that frees everything once keeps
-//! one arena. The price of a raised level is the retained memory, visible in `Stats`
-//! (`arenas_wholly_free`, `retention_level`) until the calm or `trim()`.
+//! one arena. What this does not do: calm down while the program takes no pools (an idle
+//! program keeps what its level allows until it allocates again or calls `trim()`), or help a
+//! loop that builds more than about 8 arenas' worth (at 40 arenas the calm is reached within
+//! each round, and the level falls back). The retained memory shows in `Stats`
+//! (`arenas_wholly_free`, `retention_level`; dirty free pools in `unused_pools`).
 //!
 //! # Invariants (checked by `PyMalloc::check_invariants`)
 //! - Every pool in a heap's `usedpools[i]` has `szidx == i`, `owner ==` the heap and
@@ -108,7 +112,8 @@
 //!   arena.
 //! - `usable_arenas` holds exactly the live arenas with `0 < nfreepools`, sorted ascending,
 //!   and `nfp2lasta[n]` is the last of them with `n` free pools (or `NONE`).
-//! - At most `2^level` arenas are wholly free, plus one per unmap the kernel refused.
+//! - At most `2^level` arenas are wholly free (unless the kernel refused an unmap), and
+//!   `ndirty_total` is the sum of the live arenas' `ndirty`.
 //! - Every live arena is registered in the arena map under its index.
 //! - An arena's `nfreepools` counts its dirty free pools (`ndirty`, on `freepools`), its
 //!   decommitted ones and its virgin ones.
@@ -152,6 +157,7 @@ pub(crate) struct Arenas<G: Geometry> {
     arena_unmap_failures: usize,               // unmaps the kernel refused (arena kept)
     pools_decommitted: usize,                  // free pools whose pages were given back
     retention: Retention,                      // how much free memory stays committed
+    ndirty_total: usize,                       // sum of the live arenas' `ndirty`
     pub(crate) fallbacks: FallbackSet,         // debug builds: live fallback blocks
     _geometry: core::marker::PhantomData<G>,
 }
@@ -688,14 +694,14 @@ impl<G: Geometry> Heap<G> {
 #[derive(Clone, Copy, Debug)]
 struct Retention {
     level: u32,       // 0 ..= MAX_LEVEL
-    pools_taken: u64, // pools ever taken from the arenas
+    pools_taken: u64, // pools ever taken from the arenas (never reset)
     last_purge: u64,  // `pools_taken` when pages were last given back; 0: not since a step up
-    last_need: u64,   // `pools_taken` when memory was last wanted back or retained memory used
-    window: u64,      // pools per arena, the unit of "soon" and of "calm"
+    last_change: u64, // `pools_taken` at the last thrash or step down
+    window: u64,      // pools per arena, the unit of "soon", "calm" and of the dirty budget
 }
 
 impl Retention {
-    /// The highest level: 2^3 - 1 = 7 extra wholly free arenas, decommit batches of 8x.
+    /// The highest level: 2^3 - 1 = 7 extra wholly free arenas, 7 arenas' worth of dirty pools.
     const MAX_LEVEL: u32 = 3;
     /// A long calm, in arenas' worth of pool takes: twice the longest "soon".
     const CALM: u64 = 2 << (Self::MAX_LEVEL + 1);
@@ -705,14 +711,27 @@ impl Retention {
             level: 0,
             pools_taken: 0,
             last_purge: 0, // a purge follows at least one take, so 0 is never a real time
-            last_need: 0,
+            last_change: 0,
             window: pools_per_arena as u64,
         }
+    }
+
+    /// Back to level 0, keeping the count of pools taken (so that 0 stays "never").
+    fn reset(&mut self) {
+        self.level = 0;
+        self.last_purge = 0;
+        self.last_change = self.pools_taken;
     }
 
     /// Wholly free arenas kept besides CPython's last one.
     fn extra_free_arenas(&self) -> usize {
         (1 << self.level) - 1
+    }
+
+    /// Dirty free pools the arenas may hold, all together, before full batches are
+    /// decommitted: as many as the extra arenas hold pools.
+    fn dirty_budget(&self) -> usize {
+        self.extra_free_arenas() * self.window as usize
     }
 
     /// Pages were given back: a decommit batch, or an arena unmapped.
@@ -727,21 +746,17 @@ impl Retention {
         let soon = self.window << (self.level + 1);
         if self.last_purge != 0 && self.pools_taken - self.last_purge <= soon {
             self.level = (self.level + 1).min(Self::MAX_LEVEL);
-            self.last_need = self.pools_taken;
+            self.last_change = self.pools_taken;
             self.last_purge = 0;
         }
     }
 
-    /// Memory that level 0 would have given back was used again: the level earns its keep.
-    fn retained_used(&mut self) {
-        self.last_need = self.pools_taken;
-    }
-
-    /// After a long calm (no thrash, no retained memory used for `CALM` arenas' worth of pool
-    /// takes) the policy starts over at level 0. Returns whether it did.
+    /// After a long calm (no thrash for `CALM` arenas' worth of pool takes) the level steps
+    /// down by one; the next step down needs another calm. Returns whether it stepped.
     fn settle(&mut self) -> bool {
-        if self.level > 0 && self.pools_taken - self.last_need > Self::CALM * self.window {
-            self.level = 0;
+        if self.level > 0 && self.pools_taken - self.last_change > Self::CALM * self.window {
+            self.level -= 1;
+            self.last_change = self.pools_taken;
             return true;
         }
         false
@@ -761,6 +776,7 @@ impl<G: Geometry> Arenas<G> {
             arena_unmap_failures: 0,
             pools_decommitted: 0,
             retention: Retention::new(G::MAX_POOLS_IN_ARENA),
+            ndirty_total: 0,
             fallbacks: FallbackSet::new(),
             _geometry: core::marker::PhantomData,
         }
@@ -790,15 +806,13 @@ impl<G: Geometry> Arenas<G> {
         self.retention.pools_taken += 1;
         let nf = {
             let a = self.arenas.get(ai);
-            if a.freepools.is_null() && a.decommitted_pools() != 0 {
-                // The pool comes from the decommitted ones: its pages fault in again.
-                self.retention.wanted_back();
-            } else if (a.nfreepools == a.ntotalpools && a.nextarena != NONE)
-                || a.ndirty as usize >= Self::DECOMMIT_BATCH
-            {
-                // A wholly free arena besides CPython's last one, or a dirty pool past the
-                // first batch: memory that level 0 would have given back.
-                self.retention.retained_used();
+            if a.freepools.is_null() {
+                if a.decommitted_pools() != 0 {
+                    // The pool comes from the decommitted ones: its pages fault in again.
+                    self.retention.wanted_back();
+                }
+            } else {
+                self.ndirty_total -= 1; // a dirty pool is taken
             }
             a.nfreepools as usize
         };
@@ -906,6 +920,7 @@ impl<G: Geometry> Arenas<G> {
         }
         let unused = self.unused_arena_objects;
         let a = self.arenas.get_mut(ai);
+        self.ndirty_total -= a.ndirty as usize;
         a.address = ptr::null_mut();
         a.freepools = ptr::null_mut();
         a.nfreepools = 0;
@@ -986,22 +1001,32 @@ impl<G: Geometry> Arenas<G> {
         1
     };
 
-    /// Decommits arena `ai`'s dirty free pools if there are a batch of them (and it is live).
-    /// First, if the retention policy settles back to level 0, releases the wholly free arenas
-    /// it no longer allows.
+    /// Decommits arena `ai`'s dirty free pools if there are a batch of them (and it is live)
+    /// and the arenas hold more dirty pools than the retention level allows. First, if the
+    /// retention policy steps down, releases the wholly free arenas it no longer allows.
     fn maybe_decommit(&mut self, ai: u32, map: &ArenaMap<G>) {
         if self.retention.settle() {
             self.shed_free_arenas(map);
         }
-        let batch = Self::DECOMMIT_BATCH << self.retention.level;
+        let a = self.arenas.get(ai);
+        if !a.address.is_null()
+            && a.ndirty as usize >= Self::DECOMMIT_BATCH
+            && self.ndirty_total > self.retention.dirty_budget()
+        {
+            self.decommit(ai);
+        }
+    }
+
+    /// Decommits every dirty free pool of live arena `ai`.
+    fn decommit(&mut self, ai: u32) {
         let a = self.arenas.get_mut(ai);
-        if !a.address.is_null() && a.ndirty as usize >= batch {
-            // SAFETY: the arena is live.
-            let n = unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
-            self.pools_decommitted += n;
-            if n != 0 {
-                self.retention.purged();
-            }
+        let before = a.ndirty as usize;
+        // SAFETY: the arena is live (callers check).
+        let n = unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
+        self.ndirty_total -= before - a.ndirty as usize;
+        self.pools_decommitted += n;
+        if n != 0 {
+            self.retention.purged();
         }
     }
 
@@ -1016,6 +1041,7 @@ impl<G: Geometry> Arenas<G> {
         let ao = self.arenas.get_mut(ai);
         // SAFETY: the pool belongs to this arena and is in no list.
         unsafe { ao.give_pool(pool) };
+        self.ndirty_total += 1;
         let nf = ao.nfreepools as usize; // after the increment
         let old_nf = nf - 1;
 
@@ -1084,17 +1110,18 @@ impl<G: Geometry> Arenas<G> {
         self.arenas.get_mut(lastnf).nextarena = ai;
     }
 
-    /// Whether one more wholly free arena may stay mapped, `next` being the first of those
-    /// already at the end of `usable_arenas` (every arena after a wholly free one is wholly
-    /// free: the list is sorted by free pools and all arenas have the same number of pools).
+    /// Whether the arena just freed wholly may stay mapped, `next` being the arena after it in
+    /// `usable_arenas` (not yet re-sorted: the arenas after it have at least one pool fewer
+    /// free than it now has, so the wholly free ones among them are at the end).
     fn keeps_free_arena(&self, next: u32) -> bool {
         let extra = self.retention.extra_free_arenas();
-        // Wholly free arenas after the one just freed, counted up to one past the allowance.
+        // Wholly free arenas after it, counted up to one past the allowance.
         let mut after = 0;
         let mut ai = next;
         while ai != NONE && after <= extra {
-            after += 1;
-            ai = self.arenas.get(ai).nextarena;
+            let a = self.arenas.get(ai);
+            after += usize::from(a.nfreepools == a.ntotalpools);
+            ai = a.nextarena;
         }
         after <= extra
     }
@@ -1139,7 +1166,7 @@ impl<G: Geometry> Arenas<G> {
     /// policy kept, and any that the heaps' trims freed), then decommits the free pools of the
     /// arenas that stay, and resets the retention policy.
     pub(crate) fn trim(&mut self, map: &ArenaMap<G>) {
-        self.retention = Retention::new(G::MAX_POOLS_IN_ARENA);
+        self.retention.reset();
         let mut ai = self.usable_arenas;
         while ai != NONE {
             let a = self.arenas.get(ai);
@@ -1153,11 +1180,9 @@ impl<G: Geometry> Arenas<G> {
         }
         // The arenas that stay give back the pages of their free pools.
         for ai in 0..self.arenas.capacity() {
-            let a = self.arenas.get_mut(ai);
+            let a = self.arenas.get(ai);
             if !a.address.is_null() && a.ndirty != 0 {
-                // SAFETY: the arena is live.
-                self.pools_decommitted +=
-                    unsafe { a.decommit_free_pools::<G>(pymalloc_vmm::page_size()) };
+                self.decommit(ai);
             }
         }
     }
@@ -1637,15 +1662,24 @@ impl<G: Geometry> Arenas<G> {
                 usable,
             );
         }
-        // Wholly free arenas: CPython's one, the retention policy's 2^level - 1 more, and any
-        // whose unmap the kernel refused.
+        // Wholly free arenas: CPython's one and the retention policy's 2^level - 1 more. Once
+        // the kernel refused an unmap, `trim()` and the policy stop at the refusal and any
+        // number may stay.
         let wholly_free = (0..self.arenas.capacity())
             .map(|i| self.arenas.get(i))
             .filter(|a| !a.address.is_null() && a.nfreepools == a.ntotalpools)
             .count();
-        let allowed = 1 + self.retention.extra_free_arenas() + self.arena_unmap_failures;
-        if wholly_free > allowed {
+        let allowed = 1 + self.retention.extra_free_arenas();
+        if wholly_free > allowed && self.arena_unmap_failures == 0 {
             return fail("too many wholly free arenas", 0, allowed, wholly_free);
+        }
+        let dirty: usize = (0..self.arenas.capacity())
+            .map(|i| self.arenas.get(i))
+            .filter(|a| !a.address.is_null())
+            .map(|a| a.ndirty as usize)
+            .sum();
+        if dirty != self.ndirty_total {
+            return fail("dirty pool total", 0, dirty, self.ndirty_total);
         }
         Ok(())
     }

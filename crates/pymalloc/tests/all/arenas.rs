@@ -406,7 +406,7 @@ fn a_build_and_free_cycle_stops_mapping_arenas() {
 }
 
 #[test]
-fn a_single_free_all_keeps_one_arena_and_a_calm_resets_the_level() {
+fn a_single_free_all_keeps_one_arena_and_a_calm_lowers_the_level() {
     let a = fresh::<Py310>();
     // Built once and freed: nothing was wanted back, so CPython's rule holds exactly.
     build_and_free(&*a, 6, 1);
@@ -416,12 +416,45 @@ fn a_single_free_all_keeps_one_arena_and_a_calm_resets_the_level() {
     build_and_free(&*a, 3, 3);
     let raised = a.stats().retention_level;
     assert!(raised > 0);
-    // ... and a long calm (a live set growing over 40 arenas: nothing given back wanted
-    // again, no retained memory used after its first few pools) sets it back to 0, and the
-    // arenas it kept go back to the OS.
+    // ... and a long calm (a live set growing over 40 arenas: nothing given back is wanted
+    // again for more than 32 arenas' worth of pool takes) steps it down by one; the arenas it
+    // no longer allows go back to the OS.
     build_and_free(&*a, 40, 1);
     let s = a.stats();
-    assert_eq!((s.retention_level, s.arenas_wholly_free), (0, 1));
+    assert_eq!(s.retention_level, raised - 1);
+    assert!(s.arenas_wholly_free <= 1 << s.retention_level);
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_raised_level_still_decommits_past_its_budget() {
+    // At the top level the arenas may hold 7 arenas' worth of dirty free pools. A live set of
+    // 28 arenas freed but for one pool in each (no arena can go back) leaves 28 * 63 dirty
+    // pools: all but the budget (and a batch per arena) must be decommitted.
+    let a = fresh::<Py310>();
+    build_and_free(&*a, 5, 5);
+    assert_eq!(a.stats().retention_level, 3);
+    let before = a.stats().pools_decommitted;
+    let mut arenas = fill_arenas(&*a, 28);
+    let per_arena = Py310::MAX_POOLS_IN_ARENA;
+    for v in &mut arenas {
+        free_pools(&*a, v, per_arena - 1);
+    }
+    let s = a.stats();
+    let dirty = 28 * (per_arena - 1) - (s.pools_decommitted - before);
+    assert!(
+        dirty <= 7 * per_arena + 28 * 16,
+        "{dirty} dirty free pools stay committed (level {})",
+        s.retention_level
+    );
+    a.check_invariants().unwrap();
+    let (_, layout) = last_class::<Py310>();
+    for v in arenas {
+        for b in v {
+            // SAFETY: live block freed once with its layout.
+            unsafe { a.dealloc(b, layout) };
+        }
+    }
     a.check_invariants().unwrap();
 }
 
