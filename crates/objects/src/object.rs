@@ -1,0 +1,223 @@
+//! The object header, types, and [`Obj`], the owned handle.
+//!
+//! # Layout
+//! Every object starts with CPython's `PyObject` header: a reference count and a type.
+//! Containers (list, dict) carry a 16-byte pre-header before it, where CPython keeps its
+//! `PyGC_Head` (the collector's two links); here it is reserved, zeroed, for the cycle
+//! collector, and `getsizeof` counts it as CPython's does. A block looks like this:
+//!
+//! ```text
+//!   block ->  [ gc_next | gc_prev ]     16 B, containers only (reserved)
+//!   object -> [ ob_refcnt | ob_type ]   16 B, every object
+//!             [ type-specific fields and items ... ]
+//! ```
+//! An `Obj` points at the object (the header), never at the block: the pre-header is at
+//! `object - 16`. A type that supports weak references will keep its list at
+//! `Type::weaklist_offset` (none of the four built-in types does, as in CPython).
+//!
+//! # Reference counts
+//! `Obj::clone` increments, `drop` decrements; the last drop calls the type's `dealloc`, which
+//! drops the references the object holds and gives its memory back (to its free list or to
+//! pymalloc). Deallocation is iterative: an object whose count reaches zero while another is
+//! being deallocated is queued, not freed recursively (CPython's "trashcan" has the same
+//! purpose), so freeing a million nested lists does not grow the stack.
+//!
+//! Handles are `!Send` and `!Sync`: the counts are plain cells and the free lists are per
+//! thread. A thread is one runtime, as an interpreter under its GIL.
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::runtime;
+
+/// The header every object starts with. CPython: `PyObject`.
+#[repr(C)]
+pub(crate) struct Header {
+    pub(crate) refcnt: Cell<usize>, // CPython: ob_refcnt
+    pub(crate) ty: &'static Type,   // CPython: ob_type
+}
+
+/// Bytes of the collector's pre-header before a container's header. CPython: `sizeof(PyGC_Head)`.
+pub const GC_HEADER_SIZE: usize = 16;
+
+/// A type: its name and the operations the runtime needs. CPython: `PyTypeObject`.
+pub struct Type {
+    /// The type's name, as in error messages. CPython: `tp_name`.
+    pub name: &'static str,
+    /// Whether its objects carry the collector's pre-header. CPython: `Py_TPFLAGS_HAVE_GC`.
+    pub gc: bool,
+    /// Where a weak-reference list would be, from the header; 0 if the type has none.
+    /// CPython: `tp_weaklistoffset`.
+    pub weaklist_offset: usize,
+    /// Drops what the object holds and frees it. CPython: `tp_dealloc`.
+    pub(crate) dealloc: unsafe fn(NonNull<Header>),
+    /// The object's size in bytes, pre-header excluded. CPython: `__sizeof__`.
+    pub(crate) sizeof: unsafe fn(NonNull<Header>) -> usize,
+    /// Its hash, or `None` if the type is unhashable. CPython: `tp_hash`.
+    pub(crate) hash: Option<unsafe fn(NonNull<Header>) -> isize>,
+    /// Equality with an object of the same type. CPython: `tp_richcompare` with `Py_EQ`.
+    pub(crate) eq: unsafe fn(NonNull<Header>, NonNull<Header>) -> bool,
+    /// `repr()`. CPython: `tp_repr`.
+    pub(crate) repr: unsafe fn(NonNull<Header>, &mut String),
+}
+
+/// An owned reference to an object: cloning adds a reference, dropping removes one.
+pub struct Obj {
+    ptr: NonNull<Header>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Obj {
+    /// Takes over a reference the caller owns (a new object's first, or one just counted).
+    ///
+    /// # Safety
+    /// `ptr` is a live object and the caller gives up one reference it holds.
+    #[inline]
+    pub(crate) unsafe fn from_owned(ptr: NonNull<Header>) -> Self {
+        Self {
+            ptr,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// A new reference to the live object `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` is a live object.
+    #[inline]
+    pub(crate) unsafe fn from_borrowed(ptr: NonNull<Header>) -> Self {
+        // SAFETY: the object is live.
+        let h = unsafe { ptr.as_ref() };
+        h.refcnt.set(h.refcnt.get() + 1);
+        Self {
+            ptr,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Gives up the handle without dropping its reference; returns the object.
+    #[inline]
+    pub(crate) fn into_raw(self) -> NonNull<Header> {
+        let p = self.ptr;
+        core::mem::forget(self);
+        p
+    }
+
+    #[inline]
+    pub(crate) fn ptr(&self) -> NonNull<Header> {
+        self.ptr
+    }
+
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: a handle keeps its object alive.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The object's type.
+    pub fn type_of(&self) -> &'static Type {
+        self.header().ty
+    }
+
+    /// The type's name (`type(obj).__name__`).
+    pub fn type_name(&self) -> &'static str {
+        self.header().ty.name
+    }
+
+    /// Whether both handles refer to the same object (`a is b`).
+    pub fn is(&self, other: &Obj) -> bool {
+        self.ptr == other.ptr
+    }
+
+    /// The object's hash (`hash(obj)`), or CPython's error for an unhashable type.
+    pub fn hash(&self) -> Result<isize, crate::Error> {
+        match self.header().ty.hash {
+            // SAFETY: the object is live and of the type whose function this is.
+            Some(h) => Ok(unsafe { h(self.ptr) }),
+            None => Err(crate::Error::Unhashable(self.type_name())),
+        }
+    }
+
+    /// `a == b`: same type and equal values (objects of different types are unequal here,
+    /// except that nothing here compares an int with a str anyway).
+    pub fn equals(&self, other: &Obj) -> bool {
+        if self.ptr == other.ptr {
+            return true;
+        }
+        let t = self.header().ty;
+        // SAFETY: both live, and of the same type.
+        core::ptr::eq(t, other.header().ty) && unsafe { (t.eq)(self.ptr, other.ptr) }
+    }
+
+    /// `repr(obj)`.
+    pub fn repr(&self) -> String {
+        let mut s = String::new();
+        // SAFETY: the object is live and of the type whose function this is.
+        unsafe { (self.header().ty.repr)(self.ptr, &mut s) };
+        s
+    }
+}
+
+impl Clone for Obj {
+    #[inline]
+    fn clone(&self) -> Self {
+        // SAFETY: a handle keeps its object alive.
+        unsafe { Self::from_borrowed(self.ptr) }
+    }
+}
+
+impl Drop for Obj {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: this handle owns one reference to the live object.
+        unsafe { decref(self.ptr) }
+    }
+}
+
+impl core::fmt::Debug for Obj {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.repr())
+    }
+}
+
+impl PartialEq for Obj {
+    fn eq(&self, other: &Self) -> bool {
+        self.equals(other)
+    }
+}
+
+/// Drops one reference; the last one deallocates (iteratively, see the module docs).
+///
+/// # Safety
+/// The caller owns one reference to the live object `p`.
+#[inline]
+pub(crate) unsafe fn decref(p: NonNull<Header>) {
+    // SAFETY: the object is live.
+    let h = unsafe { p.as_ref() };
+    let n = h.refcnt.get() - 1;
+    h.refcnt.set(n);
+    if n == 0 {
+        runtime::dealloc(p);
+    }
+}
+
+/// `sys.getrefcount(obj)`: the object's reference count, plus one for the argument, as
+/// CPython counts the reference its call holds.
+pub fn getrefcount(obj: &Obj) -> usize {
+    obj.header().refcnt.get() + 1
+}
+
+/// `id(obj)`: the object's address (of its header, as in CPython).
+pub fn id(obj: &Obj) -> usize {
+    obj.ptr.as_ptr().addr()
+}
+
+/// `sys.getsizeof(obj)`: the bytes of the object as laid out here, the collector's pre-header
+/// included for containers (as CPython adds it); not the memory of the objects it refers to.
+pub fn getsizeof(obj: &Obj) -> usize {
+    let t = obj.header().ty;
+    // SAFETY: the object is live and of the type whose function this is.
+    let own = unsafe { (t.sizeof)(obj.ptr) };
+    own + if t.gc { GC_HEADER_SIZE } else { 0 }
+}

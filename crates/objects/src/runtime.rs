@@ -1,0 +1,253 @@
+//! The runtime of the calling thread: its free lists, its small ints, its interned strings,
+//! and the queue that makes deallocation iterative.
+//!
+//! One thread is one runtime, as one interpreter under its GIL: objects are `!Send`, and every
+//! object is created and freed on the thread whose runtime made it. Memory comes from one
+//! `PyMalloc` for the whole process ([`allocator`]), CPython's object domain; the free lists
+//! in front of it are the thread's (plain cells, no atomics), with CPython's caps.
+
+use core::alloc::Layout;
+use core::cell::{Cell, RefCell};
+use core::ptr::NonNull;
+use std::collections::HashMap;
+
+use pymalloc::PyMalloc;
+use pymalloc_freelist::{FreeList, FreeListStats};
+
+use crate::object::Header;
+
+/// The allocator behind every object: CPython's object domain (`PyObject_Malloc`).
+static ALLOC: PyMalloc = PyMalloc::new();
+
+/// The `PyMalloc` that every object's memory comes from (free lists included: a block on a
+/// free list is a block in use for it).
+pub fn allocator() -> &'static PyMalloc {
+    &ALLOC
+}
+
+/// Free-list caps. CPython 3.11: `PyList_MAXFREELIST` 80, `PyDict_MAXFREELIST` 80 (dicts and
+/// keys objects); `Py_ints_MAXFREELIST` 100 in newer CPython (3.11 has none for int).
+pub const LIST_FREELIST_CAP: usize = 80;
+/// See [`LIST_FREELIST_CAP`].
+pub const DICT_FREELIST_CAP: usize = 80;
+/// See [`LIST_FREELIST_CAP`].
+pub const DICT_KEYS_FREELIST_CAP: usize = 80;
+/// See [`LIST_FREELIST_CAP`].
+pub const INT_FREELIST_CAP: usize = 100;
+/// Strings of at most 7 bytes (one 48-byte block) are cached, 80 of them; CPython keeps no
+/// str free list. Short strings are the ones created and dropped most (keys, identifiers,
+/// digits of numbers being formatted); the block they take is the one `PyMalloc` would give
+/// them anyway (41 to 48 bytes round to the 48-byte class), so the list costs no memory
+/// beyond its 80 blocks. The measured effect is in docs/OBJECTS.md.
+pub const STR_FREELIST_CAP: usize = 80;
+
+/// Block layouts served by the free lists.
+pub(crate) const INT_LAYOUT: Layout = layout(28); // one digit: 24 + 4
+pub(crate) const STR_LAYOUT: Layout = layout(48); // 40 + up to 7 bytes + NUL
+pub(crate) const LIST_LAYOUT: Layout = layout(56); // GC 16 + 40
+pub(crate) const DICT_LAYOUT: Layout = layout(64); // GC 16 + 48
+pub(crate) const KEYS_LAYOUT: Layout = layout(160); // 32 + 8 indices + 5 entries of 24
+
+const fn layout(size: usize) -> Layout {
+    match Layout::from_size_align(size, 8) {
+        Ok(l) => l,
+        Err(_) => panic!("bad layout"),
+    }
+}
+
+/// Number of small ints cached: -5 ..= 256. CPython: `_PY_NSMALLNEGINTS`, `_PY_NSMALLPOSINTS`.
+pub(crate) const NSMALLNEGINTS: i64 = 5;
+pub(crate) const NSMALLPOSINTS: i64 = 257;
+const NSMALL: usize = (NSMALLNEGINTS + NSMALLPOSINTS) as usize;
+
+/// Interned strings by content; each entry holds one reference.
+pub(crate) type InternTable = HashMap<Box<[u8]>, NonNull<Header>>;
+
+pub(crate) struct Runtime {
+    pub(crate) ints: FreeList<'static>,
+    pub(crate) strs: FreeList<'static>,
+    pub(crate) lists: FreeList<'static>,
+    pub(crate) dicts: FreeList<'static>,
+    pub(crate) keys: FreeList<'static>,
+    lists_on: Cell<bool>,
+    small_ints: [Cell<Option<NonNull<Header>>>; NSMALL],
+    pub(crate) interned: RefCell<Option<InternTable>>,
+    queue: RefCell<Vec<NonNull<Header>>>, // objects whose count reached zero, to deallocate
+    deallocating: Cell<bool>,             // a deallocation loop is running
+    pub(crate) repr_stack: RefCell<Vec<usize>>, // containers being printed (for `[...]`)
+}
+
+impl Runtime {
+    const fn new() -> Self {
+        Self {
+            ints: FreeList::new(INT_LAYOUT, INT_FREELIST_CAP, &ALLOC),
+            strs: FreeList::new(STR_LAYOUT, STR_FREELIST_CAP, &ALLOC),
+            lists: FreeList::new(LIST_LAYOUT, LIST_FREELIST_CAP, &ALLOC),
+            dicts: FreeList::new(DICT_LAYOUT, DICT_FREELIST_CAP, &ALLOC),
+            keys: FreeList::new(KEYS_LAYOUT, DICT_KEYS_FREELIST_CAP, &ALLOC),
+            lists_on: Cell::new(true),
+            small_ints: [const { Cell::new(None) }; NSMALL],
+            interned: RefCell::new(None),
+            queue: RefCell::new(Vec::new()),
+            deallocating: Cell::new(false),
+            repr_stack: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The free list for `layout`, if the lists are on and one serves it.
+    fn list_for(&self, layout: Layout) -> Option<&FreeList<'static>> {
+        if !self.lists_on.get() {
+            return None;
+        }
+        [&self.ints, &self.strs, &self.lists, &self.dicts, &self.keys]
+            .into_iter()
+            .find(|l| l.layout() == layout)
+    }
+}
+
+thread_local! {
+    static RT: Runtime = const { Runtime::new() };
+}
+
+/// Runs `f` with the calling thread's runtime, or with `None` once it has been torn down
+/// (objects dropped by other thread-locals' destructors at thread exit).
+pub(crate) fn with<R>(f: impl FnOnce(Option<&Runtime>) -> R) -> R {
+    let mut f = Some(f);
+    match RT.try_with(|rt| (f.take().expect("called once"))(Some(rt))) {
+        Ok(r) => r,
+        Err(_) => (f.take().expect("not called"))(None),
+    }
+}
+
+/// A block of `layout` for an object: from the matching free list, else from [`allocator`].
+/// Aborts (`handle_alloc_error`) if memory is exhausted, as CPython raises `MemoryError`.
+pub(crate) fn alloc_block(layout: Layout) -> NonNull<u8> {
+    let p = with(|rt| match rt.and_then(|rt| rt.list_for(layout)) {
+        Some(list) => list.alloc(),
+        // SAFETY: object layouts have a non-zero size.
+        None => unsafe { core::alloc::GlobalAlloc::alloc(&ALLOC, layout) },
+    });
+    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+}
+
+/// Gives back a block from [`alloc_block`].
+///
+/// # Safety
+/// `p` came from `alloc_block(layout)` and is no longer used.
+pub(crate) unsafe fn free_block(p: NonNull<u8>, layout: Layout) {
+    with(|rt| match rt.and_then(|rt| rt.list_for(layout)) {
+        // SAFETY: a block of the list's layout from the same allocator.
+        Some(list) => unsafe { list.free(p.as_ptr()) },
+        // SAFETY: allocated from ALLOC with `layout` (a block taken from a list was too).
+        None => unsafe { core::alloc::GlobalAlloc::dealloc(&ALLOC, p.as_ptr(), layout) },
+    })
+}
+
+/// Deallocates an object whose count reached zero. Iterative: while one deallocation runs,
+/// the objects it releases are queued and freed by the same loop, so deep structures do not
+/// deepen the stack.
+pub(crate) fn dealloc(p: NonNull<Header>) {
+    let nested = with(|rt| match rt {
+        Some(rt) if rt.deallocating.get() => {
+            rt.queue.borrow_mut().push(p);
+            true
+        }
+        Some(rt) => {
+            rt.deallocating.set(true);
+            false
+        }
+        None => false,
+    });
+    if nested {
+        return;
+    }
+    let mut next = Some(p);
+    while let Some(o) = next {
+        // SAFETY: `o`'s count reached zero: nobody refers to it any more.
+        unsafe { ((*o.as_ptr()).ty.dealloc)(o) };
+        next = with(|rt| rt.and_then(|rt| rt.queue.borrow_mut().pop()));
+    }
+    with(|rt| {
+        if let Some(rt) = rt {
+            rt.deallocating.set(false);
+        }
+    });
+}
+
+/// The cached small int `v` (-5 ..= 256), created on first use; `None` outside the range.
+pub(crate) fn small_int(v: i64, make: impl FnOnce() -> NonNull<Header>) -> Option<NonNull<Header>> {
+    if !(-NSMALLNEGINTS..NSMALLPOSINTS).contains(&v) {
+        return None;
+    }
+    let i = (v + NSMALLNEGINTS) as usize;
+    with(|rt| {
+        let rt = rt?;
+        let cell = &rt.small_ints[i];
+        Some(match cell.get() {
+            Some(p) => p,
+            None => {
+                // The cache holds one reference for good.
+                let p = make();
+                cell.set(Some(p));
+                p
+            }
+        })
+    })
+}
+
+/// Counters of the calling thread's free lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreeLists {
+    /// One-digit ints.
+    pub int: FreeListStats,
+    /// Strings of up to 7 bytes.
+    pub str: FreeListStats,
+    /// List objects (their item arrays are not cached, as in CPython).
+    pub list: FreeListStats,
+    /// Dict objects.
+    pub dict: FreeListStats,
+    /// Dict keys objects of the smallest size (8 slots).
+    pub dict_keys: FreeListStats,
+}
+
+/// The calling thread's free-list counters.
+pub fn free_list_stats() -> FreeLists {
+    with(|rt| match rt {
+        Some(rt) => FreeLists {
+            int: rt.ints.stats(),
+            str: rt.strs.stats(),
+            list: rt.lists.stats(),
+            dict: rt.dicts.stats(),
+            dict_keys: rt.keys.stats(),
+        },
+        None => FreeLists::default(),
+    })
+}
+
+/// Empties the calling thread's free lists down to the allocator, as CPython does at a full
+/// collection (`clear_freelists`); returns how many blocks went back.
+pub fn clear_free_lists() -> usize {
+    with(|rt| match rt {
+        Some(rt) => {
+            rt.ints.clear()
+                + rt.strs.clear()
+                + rt.lists.clear()
+                + rt.dicts.clear()
+                + rt.keys.clear()
+        }
+        None => 0,
+    })
+}
+
+/// Turns the calling thread's free lists on or off (off: every object block comes from and
+/// goes to the allocator; the blocks already cached are given back). For measurements.
+pub fn set_free_lists(on: bool) {
+    if !on {
+        clear_free_lists();
+    }
+    with(|rt| {
+        if let Some(rt) = rt {
+            rt.lists_on.set(on);
+        }
+    });
+}
