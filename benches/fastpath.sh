@@ -13,7 +13,7 @@ ir() {
         | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
 printf '%-10s %s\n' allocator "instructions per ${size}-byte alloc+free pair (callgrind, N=$n)"
-for a in glibc pymalloc mimalloc jemalloc; do
+for a in glibc pymalloc mimalloc jemalloc freelist; do
     base=$(ir "$a" 0)
     full=$(ir "$a" "$n")
     awk -v a="$a" -v b="$base" -v f="$full" -v n="$n" 'BEGIN { printf "%-10s %.1f\n", a, (f - b) / n }'

@@ -28,7 +28,7 @@ fn pairs<A: GlobalAlloc>(a: &A, size: usize, n: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: fastpath <glibc|pymalloc|mimalloc|jemalloc> <size> <pairs>");
+        eprintln!("usage: fastpath <glibc|pymalloc|mimalloc|jemalloc|freelist> <size> <pairs>");
         std::process::exit(2)
     };
     if args.len() != 4 {
@@ -53,6 +53,13 @@ fn main() {
         "jemalloc" => {
             pairs(&JEMALLOC, size, 1);
             pairs(&JEMALLOC, size, n)
+        }
+        // A free-list hit: the warm-up pair leaves one block on the list.
+        "freelist" => {
+            let l = Layout::from_size_align(size, 8).expect("valid layout");
+            let list = pymalloc_freelist::FreeList::new(l, 80, &PYMALLOC);
+            pairs(&list, size, 1);
+            pairs(&list, size, n)
         }
         _ => usage(),
     }

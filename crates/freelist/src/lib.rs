@@ -51,7 +51,8 @@ pub struct FreeListStats {
     pub hits: u64,
     /// Requests of the list's layout passed to the layer below (the list was empty).
     pub misses: u64,
-    /// Blocks freed onto the list.
+    /// Blocks freed onto the list (counted as `hits + cleared + len`: every block kept has left
+    /// by a hit or a clear, or is still there; no counter on the free path).
     pub frees_kept: u64,
     /// Blocks of the list's layout freed to the layer below (the list was full), not counting
     /// those given back by `clear()` or at thread exit.

@@ -36,7 +36,6 @@ pub struct FreeList<'a, A: GlobalAlloc + ?Sized = PyMalloc> {
     len: Cell<usize>,      // blocks on the list
     hits: Cell<u64>,       // see `FreeListStats`
     misses: Cell<u64>,     //
-    frees_kept: Cell<u64>, //
     frees_down: Cell<u64>, //
     cleared: Cell<u64>,    //
 }
@@ -53,7 +52,6 @@ impl<'a, A: GlobalAlloc + ?Sized> FreeList<'a, A> {
             len: Cell::new(0),
             hits: Cell::new(0),
             misses: Cell::new(0),
-            frees_kept: Cell::new(0),
             frees_down: Cell::new(0),
             cleared: Cell::new(0),
         }
@@ -121,7 +119,6 @@ impl<'a, A: GlobalAlloc + ?Sized> FreeList<'a, A> {
             unsafe { set_next(block, self.head.get()) };
             self.head.set(block);
             self.len.set(n + 1);
-            self.frees_kept.set(self.frees_kept.get() + 1);
             return;
         }
         self.frees_down.set(self.frees_down.get() + 1);
@@ -153,7 +150,7 @@ impl<'a, A: GlobalAlloc + ?Sized> FreeList<'a, A> {
         FreeListStats {
             hits: self.hits.get(),
             misses: self.misses.get(),
-            frees_kept: self.frees_kept.get(),
+            frees_kept: self.hits.get() + self.cleared.get() + self.len.get() as u64,
             frees_down: self.frees_down.get(),
             cleared: self.cleared.get(),
             len: self.len.get(),

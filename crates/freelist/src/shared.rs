@@ -38,7 +38,6 @@ struct Local {
     len: AtomicUsize,          // blocks on the list; written by the holder only
     hits: AtomicU64,           // counters as in `FreeListStats`; written by the holder only
     misses: AtomicU64,         //
-    frees_kept: AtomicU64,     //
     frees_down: AtomicU64,     //
     cleared: AtomicU64,        //
 }
@@ -51,7 +50,6 @@ impl Local {
             len: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            frees_kept: AtomicU64::new(0),
             frees_down: AtomicU64::new(0),
             cleared: AtomicU64::new(0),
         }
@@ -232,7 +230,6 @@ impl<'a, A: GlobalAlloc + ?Sized> SharedFreeList<'a, A> {
                     *l.head.get() = block;
                 }
                 l.len.store(n + 1, Relaxed);
-                bump(&l.frees_kept, 1);
                 return;
             }
             bump(&l.frees_down, 1);
@@ -267,11 +264,12 @@ impl<'a, A: GlobalAlloc + ?Sized> SharedFreeList<'a, A> {
         for l in &self.locals {
             s.hits += l.hits.load(Relaxed);
             s.misses += l.misses.load(Relaxed);
-            s.frees_kept += l.frees_kept.load(Relaxed);
             s.frees_down += l.frees_down.load(Relaxed);
             s.cleared += l.cleared.load(Relaxed);
             s.len += l.len.load(Relaxed);
         }
+        // Every block kept left by a hit or a clear, or is still there.
+        s.frees_kept = s.hits + s.cleared + s.len as u64;
         s
     }
 }
