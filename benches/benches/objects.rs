@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pymalloc::PyMalloc;
 use pymalloc_freelist::FreeList;
-use pymalloc_objects::{Dict, Int, List, set_free_lists};
+use pymalloc_objects::{Dict, Int, List, Str, set_free_lists};
 
 static PYMALLOC: PyMalloc = PyMalloc::new();
 static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -61,6 +61,9 @@ fn objects(c: &mut Criterion) {
         set_free_lists(on);
         g.bench_function(BenchmarkId::new("list-new-drop", tag), |b| {
             b.iter(|| black_box(List::new()))
+        });
+        g.bench_function(BenchmarkId::new("str5-new-drop", tag), |b| {
+            b.iter(|| black_box(Str::new(black_box("hello"))))
         });
         g.bench_function(BenchmarkId::new("dict-new-set-drop", tag), |b| {
             b.iter(|| {

@@ -27,17 +27,22 @@ use crate::{FreeListStats, PyMalloc, block_layout, next_of, set_next};
 /// assert_eq!((list.stats().hits, list.stats().misses), (1, 1));
 /// unsafe { list.free(b) };
 /// ```
+// `repr(C)`, in this order: `len` and `hits`, both written by a hit, must not be neighbours.
+// When they were, the compiler wrote both with one 16-byte vector store, and the next free's
+// 8-byte load of `len` waited on it (a store-to-load forwarding stall): a hit took 9.4 ns
+// against 6.3 ns for a PyMalloc pair, with half the instructions.
+#[repr(C)]
 pub struct FreeList<'a, A: GlobalAlloc + ?Sized = PyMalloc> {
-    layout: Layout,        // what callers ask for
-    block: Layout,         // what is asked of `below`: `layout`, at least a pointer's size
-    cap: usize,            // most blocks kept
-    below: &'a A,          // the layer below
-    head: Cell<*mut u8>,   // first free block, linked through its first word; null if empty
-    len: Cell<usize>,      // blocks on the list
-    hits: Cell<u64>,       // see `FreeListStats`
-    misses: Cell<u64>,     //
+    head: Cell<*mut u8>, // first free block, linked through its first word; null if empty
+    len: Cell<usize>,    // blocks on the list
+    cap: usize,          // most blocks kept
+    below: &'a A,        // the layer below
+    layout: Layout,      // what callers ask for
+    block: Layout,       // what is asked of `below`: `layout`, at least a pointer's size
+    hits: Cell<u64>,     // see `FreeListStats`
+    misses: Cell<u64>,   //
     frees_down: Cell<u64>, //
-    cleared: Cell<u64>,    //
+    cleared: Cell<u64>,  //
 }
 
 impl<'a, A: GlobalAlloc + ?Sized> FreeList<'a, A> {
