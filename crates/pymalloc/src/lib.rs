@@ -626,7 +626,10 @@ unsafe impl<B: GlobalAlloc, G: Geometry> GlobalAlloc for PyMalloc<B, G> {
         }
     }
 
-    #[inline]
+    // Always: left to the compiler, `dealloc` stopped being inlined into callers once the
+    // slow paths around it grew (six more instructions per pair, a call and its argument
+    // moves); its own body is the fast path plus calls to cold functions.
+    #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match G::class_for(layout.size(), layout.align()) {
             Some(_) if self.is_fallback_block(ptr) => {
