@@ -113,9 +113,9 @@ impl<'a, A: GlobalAlloc + ?Sized> FreeList<'a, A> {
     /// Frees a block: onto the list if it has room, else to the layer below.
     ///
     /// # Safety
-    /// `block` came from [`alloc`](Self::alloc) of this list (or from the same layer below with
-    /// this list's layout, e.g. through another list of the same layout over the same
-    /// allocator), is live, and is not used after this call.
+    /// `block` came from [`alloc`](Self::alloc) of this list, or of another list of the same
+    /// layout over the same allocator (blocks are asked of the layer below with the list's
+    /// layout, its size rounded up to a pointer's), is live, and is not used after this call.
     #[inline]
     pub unsafe fn free(&self, block: *mut u8) {
         let n = self.len.get();

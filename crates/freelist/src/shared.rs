@@ -216,8 +216,10 @@ impl<'a, A: GlobalAlloc + ?Sized> SharedFreeList<'a, A> {
     /// Frees a block onto the calling thread's list if it has room, else to the layer below.
     ///
     /// # Safety
-    /// `block` came from [`alloc`](Self::alloc) of these lists (on any thread), or from the same
-    /// layer below with this layout; it is live and not used after this call.
+    /// `block` came from [`alloc`](Self::alloc) of these lists (on any thread), or of other
+    /// lists of the same layout over the same allocator (blocks are asked of the layer below
+    /// with the lists' layout, its size rounded up to a pointer's); it is live and not used
+    /// after this call.
     #[inline]
     pub unsafe fn free(&self, block: *mut u8) {
         if let Some(l) = self.local() {

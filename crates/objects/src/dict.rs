@@ -218,7 +218,8 @@ impl Keys {
                 if e.hash == hash {
                     // SAFETY: a live entry's key is a live object.
                     let k = unsafe { Obj::from_borrowed(NonNull::new_unchecked(e.key.get())) };
-                    if k.equals(key) {
+                    // Keys are ints and strs, whose comparison cannot fail.
+                    if k.equals(key).unwrap_or(false) {
                         return (i, Some(ix as usize));
                     }
                 }
@@ -304,62 +305,43 @@ unsafe fn dict_sizeof(p: NonNull<Header>) -> usize {
     size_of::<DictObject>() + keys_of(d).map_or(0, |k| k.bytes())
 }
 
-unsafe fn dict_eq(a: NonNull<Header>, b: NonNull<Header>) -> bool {
+unsafe fn dict_eq(a: NonNull<Header>, b: NonNull<Header>) -> Result<bool, Error> {
     // SAFETY: both live dicts.
     let (x, y) = unsafe { (Dict::snapshot(obj(a)), Dict::snapshot(obj(b))) };
     if x.len() != y.len() {
-        return false;
+        return Ok(false);
     }
     // SAFETY: `b` is a live dict.
     let db = Dict(unsafe { Obj::from_borrowed(b) });
-    x.iter()
-        .all(|(k, v)| db.get(k).ok().flatten().is_some_and(|w| w.equals(v)))
-}
-
-/// Marks `p` as being printed; `false` if it already is (a container that holds itself).
-/// CPython: `Py_ReprEnter`.
-pub(crate) fn repr_enter(p: NonNull<Header>) -> bool {
-    runtime::with(|rt| {
-        let Some(rt) = rt else { return true };
-        let mut s = rt.repr_stack.borrow_mut();
-        if s.contains(&p.as_ptr().addr()) {
-            false
-        } else {
-            s.push(p.as_ptr().addr());
-            true
+    for (k, v) in &x {
+        match db.get(k)? {
+            Some(w) if w.equals(v)? => {}
+            _ => return Ok(false),
         }
-    })
+    }
+    Ok(true)
 }
 
-/// CPython: `Py_ReprLeave`.
-pub(crate) fn repr_leave(p: NonNull<Header>) {
-    runtime::with(|rt| {
-        if let Some(rt) = rt {
-            rt.repr_stack
-                .borrow_mut()
-                .retain(|&a| a != p.as_ptr().addr());
+unsafe fn dict_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error> {
+    let printed = runtime::repr_guard(p, || {
+        // SAFETY: a live dict.
+        let items = unsafe { Dict::snapshot(obj(p)) };
+        out.push('{');
+        for (i, (k, v)) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&k.repr()?);
+            out.push_str(": ");
+            out.push_str(&v.repr()?);
         }
-    });
-}
-
-unsafe fn dict_repr(p: NonNull<Header>, out: &mut String) {
-    if !repr_enter(p) {
+        out.push('}');
+        Ok(())
+    })?;
+    if !printed {
         out.push_str("{...}");
-        return;
     }
-    // SAFETY: a live dict.
-    let items = unsafe { Dict::snapshot(obj(p)) };
-    out.push('{');
-    for (i, (k, v)) in items.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(&k.repr());
-        out.push_str(": ");
-        out.push_str(&v.repr());
-    }
-    out.push('}');
-    repr_leave(p);
+    Ok(())
 }
 
 impl Dict {
@@ -518,7 +500,7 @@ impl Dict {
             ix.map(|ix| (k, slot, ix))
         });
         let Some((k, slot, ix)) = found else {
-            return Err(Error::Key(key.repr()));
+            return Err(Error::Key(key.repr()?));
         };
         k.set_index(slot, DKIX_DUMMY);
         let e = k.entry(ix);

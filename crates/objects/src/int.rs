@@ -128,18 +128,19 @@ unsafe fn int_hash(p: NonNull<Header>) -> isize {
     (if h == -1 { -2 } else { h }) as isize
 }
 
-unsafe fn int_eq(a: NonNull<Header>, b: NonNull<Header>) -> bool {
+unsafe fn int_eq(a: NonNull<Header>, b: NonNull<Header>) -> Result<bool, Error> {
     // SAFETY: both live ints.
-    unsafe { parts(a) == parts(b) }
+    Ok(unsafe { parts(a) == parts(b) })
 }
 
-unsafe fn int_repr(p: NonNull<Header>, out: &mut String) {
+unsafe fn int_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error> {
     // SAFETY: a live int.
     let (neg, d) = unsafe { parts(p) };
     if neg {
         out.push('-');
     }
     out.push_str(&digits::to_decimal(d));
+    Ok(())
 }
 
 impl Int {
@@ -168,8 +169,10 @@ impl Int {
         Self::from_parts(neg, &mag)
     }
 
-    /// `int(s)` for a decimal literal with an optional sign (and `_` between digits, as
-    /// Python allows); CPython's `ValueError` otherwise.
+    /// `int(s)` for a decimal literal with an optional sign, surrounding whitespace and `_`
+    /// between digits, as Python allows; CPython's `ValueError` otherwise. Digits are ASCII
+    /// only: Python also takes other Unicode decimal digits (`int("١٢")` is 12), which give
+    /// the `ValueError` here.
     pub fn parse(s: &str) -> Result<Int, Error> {
         let bad = || Error::Value(format!("invalid literal for int() with base 10: '{s}'"));
         let t = s.trim();
@@ -224,6 +227,11 @@ impl Int {
         Self::from_parts(!n && !d.is_empty(), d)
     }
 
+    /// Whether the values are equal.
+    pub fn eq_value(&self, other: &Int) -> bool {
+        self.parts() == other.parts()
+    }
+
     /// Compares the values.
     pub fn compare(&self, other: &Int) -> Ordering {
         let ((an, a), (bn, b)) = (self.parts(), other.parts());
@@ -243,6 +251,10 @@ impl Int {
 
 impl core::fmt::Display for Int {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.0.repr())
+        let (neg, d) = self.parts();
+        if neg {
+            f.write_str("-")?;
+        }
+        f.write_str(&digits::to_decimal(d))
     }
 }

@@ -36,7 +36,8 @@ pub use list::{LIST_TYPE, List};
 pub use object::{GC_HEADER_SIZE, Obj, Type, getrefcount, getsizeof, id};
 pub use runtime::{
     DICT_FREELIST_CAP, DICT_KEYS_FREELIST_CAP, FreeLists, INT_FREELIST_CAP, LIST_FREELIST_CAP,
-    STR_FREELIST_CAP, allocator, clear_free_lists, free_list_stats, set_free_lists,
+    RECURSION_LIMIT, STR_FREELIST_CAP, allocator, clear_free_lists, free_list_stats,
+    set_free_lists,
 };
 pub use str::{STR_TYPE, Str};
 
@@ -51,6 +52,9 @@ pub enum Error {
     Key(String),
     /// `ValueError: invalid literal for int() with base 10: '...'`.
     Value(String),
+    /// `RecursionError: maximum recursion depth exceeded ...` (a repr or a comparison nested
+    /// deeper than [`RECURSION_LIMIT`]).
+    Recursion(&'static str),
 }
 
 impl core::fmt::Display for Error {
@@ -60,6 +64,7 @@ impl core::fmt::Display for Error {
             Error::Index(m) => write!(f, "IndexError: {m}"),
             Error::Key(k) => write!(f, "KeyError: {k}"),
             Error::Value(m) => write!(f, "ValueError: {m}"),
+            Error::Recursion(m) => write!(f, "RecursionError: {m}"),
         }
     }
 }
@@ -112,7 +117,7 @@ macro_rules! typed_handle {
 
         impl core::fmt::Debug for $name {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str(&self.0.repr())
+                core::fmt::Debug::fmt(&self.0, f)
             }
         }
     };

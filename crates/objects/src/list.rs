@@ -110,28 +110,38 @@ unsafe fn list_sizeof(p: NonNull<Header>) -> usize {
     size_of::<ListObject>() + 8 * unsafe { obj(p) }.allocated.get()
 }
 
-unsafe fn list_eq(a: NonNull<Header>, b: NonNull<Header>) -> bool {
+unsafe fn list_eq(a: NonNull<Header>, b: NonNull<Header>) -> Result<bool, Error> {
     // SAFETY: both live lists; the handles built here keep the items alive while compared.
     let (x, y) = unsafe { (List::snapshot(obj(a)), List::snapshot(obj(b))) };
-    x.len() == y.len() && x.iter().zip(&y).all(|(i, j)| i.equals(j))
+    if x.len() != y.len() {
+        return Ok(false);
+    }
+    for (i, j) in x.iter().zip(&y) {
+        if !i.equals(j)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
-unsafe fn list_repr(p: NonNull<Header>, out: &mut String) {
-    if !crate::dict::repr_enter(p) {
-        out.push_str("[...]");
-        return;
-    }
-    // SAFETY: a live list.
-    let items = unsafe { List::snapshot(obj(p)) };
-    out.push('[');
-    for (i, o) in items.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
+unsafe fn list_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error> {
+    let printed = runtime::repr_guard(p, || {
+        // SAFETY: a live list.
+        let items = unsafe { List::snapshot(obj(p)) };
+        out.push('[');
+        for (i, o) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&o.repr()?);
         }
-        out.push_str(&o.repr());
+        out.push(']');
+        Ok(())
+    })?;
+    if !printed {
+        out.push_str("[...]");
     }
-    out.push(']');
-    crate::dict::repr_leave(p);
+    Ok(())
 }
 
 impl List {

@@ -23,7 +23,14 @@
 //! purpose), so freeing a million nested lists does not grow the stack.
 //!
 //! Handles are `!Send` and `!Sync`: the counts are plain cells and the free lists are per
-//! thread. A thread is one runtime, as an interpreter under its GIL.
+//! thread. A thread is one runtime, as an interpreter under its GIL. When the thread exits,
+//! its runtime drops the references it holds (small ints, interned strings) and gives its free
+//! lists back; objects other thread-locals still hold are freed when those drop, through
+//! `PyMalloc` directly, still iteratively.
+//!
+//! `repr` and `equals` of containers nested deeper than Python's default recursion limit
+//! (1000) return CPython's `RecursionError` rather than overflow the stack; a container that
+//! holds itself prints as `[...]` or `{...}` inside.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -57,9 +64,9 @@ pub struct Type {
     /// Its hash, or `None` if the type is unhashable. CPython: `tp_hash`.
     pub(crate) hash: Option<unsafe fn(NonNull<Header>) -> isize>,
     /// Equality with an object of the same type. CPython: `tp_richcompare` with `Py_EQ`.
-    pub(crate) eq: unsafe fn(NonNull<Header>, NonNull<Header>) -> bool,
+    pub(crate) eq: unsafe fn(NonNull<Header>, NonNull<Header>) -> Result<bool, crate::Error>,
     /// `repr()`. CPython: `tp_repr`.
-    pub(crate) repr: unsafe fn(NonNull<Header>, &mut String),
+    pub(crate) repr: unsafe fn(NonNull<Header>, &mut String) -> Result<(), crate::Error>,
 }
 
 /// An owned reference to an object: cloning adds a reference, dropping removes one.
@@ -139,23 +146,30 @@ impl Obj {
         }
     }
 
-    /// `a == b`: same type and equal values (objects of different types are unequal here,
-    /// except that nothing here compares an int with a str anyway).
-    pub fn equals(&self, other: &Obj) -> bool {
+    /// `a == b`: the same object, or the same type and equal values (objects of different
+    /// types are unequal). CPython's `RecursionError` for containers nested deeper than
+    /// [`RECURSION_LIMIT`](crate::RECURSION_LIMIT).
+    pub fn equals(&self, other: &Obj) -> Result<bool, crate::Error> {
         if self.ptr == other.ptr {
-            return true;
+            return Ok(true);
         }
         let t = self.header().ty;
+        if !core::ptr::eq(t, other.header().ty) {
+            return Ok(false);
+        }
         // SAFETY: both live, and of the same type.
-        core::ptr::eq(t, other.header().ty) && unsafe { (t.eq)(self.ptr, other.ptr) }
+        crate::runtime::deeper(crate::runtime::CMP_DEPTH, || unsafe {
+            (t.eq)(self.ptr, other.ptr)
+        })
     }
 
-    /// `repr(obj)`.
-    pub fn repr(&self) -> String {
+    /// `repr(obj)`; a container that holds itself prints as `[...]` or `{...}` inside. CPython's
+    /// `RecursionError` for containers nested deeper than [`RECURSION_LIMIT`](crate::RECURSION_LIMIT).
+    pub fn repr(&self) -> Result<String, crate::Error> {
         let mut s = String::new();
         // SAFETY: the object is live and of the type whose function this is.
-        unsafe { (self.header().ty.repr)(self.ptr, &mut s) };
-        s
+        unsafe { (self.header().ty.repr)(self.ptr, &mut s) }?;
+        Ok(s)
     }
 }
 
@@ -176,14 +190,12 @@ impl Drop for Obj {
 }
 
 impl core::fmt::Debug for Obj {
+    /// The repr, or the error that stopped it.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.repr())
-    }
-}
-
-impl PartialEq for Obj {
-    fn eq(&self, other: &Self) -> bool {
-        self.equals(other)
+        match self.repr() {
+            Ok(s) => f.write_str(&s),
+            Err(e) => write!(f, "<{e}>"),
+        }
     }
 }
 

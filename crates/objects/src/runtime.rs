@@ -8,12 +8,13 @@
 
 use core::alloc::Layout;
 use core::cell::{Cell, RefCell};
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::collections::HashMap;
 
 use pymalloc::PyMalloc;
 use pymalloc_freelist::{FreeList, FreeListStats};
 
+use crate::Error;
 use crate::object::Header;
 
 /// The allocator behind every object: CPython's object domain (`PyObject_Malloc`).
@@ -72,9 +73,6 @@ pub(crate) struct Runtime {
     lists_on: Cell<bool>,
     small_ints: [Cell<Option<NonNull<Header>>>; NSMALL],
     pub(crate) interned: RefCell<Option<InternTable>>,
-    queue: RefCell<Vec<NonNull<Header>>>, // objects whose count reached zero, to deallocate
-    deallocating: Cell<bool>,             // a deallocation loop is running
-    pub(crate) repr_stack: RefCell<Vec<usize>>, // containers being printed (for `[...]`)
 }
 
 impl Runtime {
@@ -88,9 +86,6 @@ impl Runtime {
             lists_on: Cell::new(true),
             small_ints: [const { Cell::new(None) }; NSMALL],
             interned: RefCell::new(None),
-            queue: RefCell::new(Vec::new()),
-            deallocating: Cell::new(false),
-            repr_stack: RefCell::new(Vec::new()),
         }
     }
 
@@ -102,6 +97,25 @@ impl Runtime {
         [&self.ints, &self.strs, &self.lists, &self.dicts, &self.keys]
             .into_iter()
             .find(|l| l.layout() == layout)
+    }
+}
+
+impl Drop for Runtime {
+    /// The thread exits: the references the runtime holds (its small ints, its interned
+    /// strings) are dropped, so objects nobody else holds go back to the allocator; then the
+    /// free lists give their blocks back (their own drops).
+    fn drop(&mut self) {
+        let smalls: Vec<NonNull<Header>> = self.small_ints.iter().filter_map(Cell::take).collect();
+        let interned: Vec<NonNull<Header>> = self
+            .interned
+            .get_mut()
+            .take()
+            .map(|t| t.into_values().collect())
+            .unwrap_or_default();
+        for p in smalls.into_iter().chain(interned) {
+            // SAFETY: the cache and the table each held one reference.
+            unsafe { crate::object::decref(p) };
+        }
     }
 }
 
@@ -143,36 +157,100 @@ pub(crate) unsafe fn free_block(p: NonNull<u8>, layout: Layout) {
     })
 }
 
-/// Deallocates an object whose count reached zero. Iterative: while one deallocation runs,
-/// the objects it releases are queued and freed by the same loop, so deep structures do not
-/// deepen the stack.
+// The state of the calling thread's deallocation loop and of its printing and comparing:
+// thread-locals with no destructor, usable at any time, also while the thread's runtime is
+// being torn down (objects held by other thread-locals are dropped then).
+thread_local! {
+    /// The queue of the running deallocation loop; null when none runs.
+    static DEALLOC_QUEUE: Cell<*mut Vec<NonNull<Header>>> = const { Cell::new(ptr::null_mut()) };
+    /// The containers being printed (for `[...]`); null when no repr runs.
+    static REPR_STACK: Cell<*mut Vec<usize>> = const { Cell::new(ptr::null_mut()) };
+    /// Nesting of repr and comparison calls.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Deallocates an object whose count reached zero. Iterative: while one deallocation loop
+/// runs on this thread, the objects it releases are queued and freed by the same loop, so deep
+/// structures do not deepen the stack.
 pub(crate) fn dealloc(p: NonNull<Header>) {
-    let nested = with(|rt| match rt {
-        Some(rt) if rt.deallocating.get() => {
-            rt.queue.borrow_mut().push(p);
-            true
-        }
-        Some(rt) => {
-            rt.deallocating.set(true);
-            false
-        }
-        None => false,
-    });
-    if nested {
+    let running = DEALLOC_QUEUE.with(Cell::get);
+    if !running.is_null() {
+        // SAFETY: the running loop's queue, on this thread; no reference to it is held while
+        // a deallocation runs.
+        unsafe { (*running).push(p) };
         return;
     }
+    let mut queue: Vec<NonNull<Header>> = Vec::new();
+    let q: *mut Vec<NonNull<Header>> = &mut queue;
+    DEALLOC_QUEUE.with(|c| c.set(q));
     let mut next = Some(p);
     while let Some(o) = next {
         // SAFETY: `o`'s count reached zero: nobody refers to it any more.
         unsafe { ((*o.as_ptr()).ty.dealloc)(o) };
-        next = with(|rt| rt.and_then(|rt| rt.queue.borrow_mut().pop()));
+        // SAFETY: the queue lives until the end of this function; only reached through `q`.
+        next = unsafe { (*q).pop() };
     }
-    with(|rt| {
-        if let Some(rt) = rt {
-            rt.deallocating.set(false);
-        }
-    });
+    DEALLOC_QUEUE.with(|c| c.set(ptr::null_mut()));
 }
+
+/// Python's default recursion limit (`sys.getrecursionlimit()`): nested reprs and comparisons
+/// deeper than this fail with a `RecursionError` instead of overflowing the stack.
+pub const RECURSION_LIMIT: u32 = 1000;
+
+/// Runs `f` one level deeper; CPython's `RecursionError` past [`RECURSION_LIMIT`].
+pub(crate) fn deeper<R>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<R, Error>,
+) -> Result<R, Error> {
+    let d = DEPTH.with(Cell::get);
+    if d >= RECURSION_LIMIT {
+        return Err(Error::Recursion(what));
+    }
+    DEPTH.with(|c| c.set(d + 1));
+    let r = f();
+    DEPTH.with(|c| c.set(d));
+    r
+}
+
+/// Prints container `p` with `f`, unless it is already being printed (a container that holds
+/// itself): then `Ok(false)` and the caller writes `[...]` or `{...}`. CPython:
+/// `Py_ReprEnter`, `Py_ReprLeave`.
+pub(crate) fn repr_guard(
+    p: NonNull<Header>,
+    f: impl FnOnce() -> Result<(), Error>,
+) -> Result<bool, Error> {
+    let addr = p.as_ptr().addr();
+    let mut own: Vec<usize> = Vec::new();
+    let mut stack = REPR_STACK.with(Cell::get);
+    let outermost = stack.is_null();
+    if outermost {
+        stack = &mut own;
+        REPR_STACK.with(|c| c.set(stack));
+    }
+    // SAFETY: the stack of the outermost repr on this thread, alive until it returns; no
+    // reference to it is held across `f`.
+    let seen = unsafe { (*stack).contains(&addr) };
+    let r = if seen {
+        Ok(false)
+    } else {
+        // SAFETY: as above.
+        unsafe { (*stack).push(addr) };
+        let r = deeper(REPR_DEPTH, f);
+        // SAFETY: as above.
+        unsafe { (*stack).pop() };
+        r.map(|()| true)
+    };
+    if outermost {
+        REPR_STACK.with(|c| c.set(ptr::null_mut()));
+    }
+    r
+}
+
+/// CPython's message for a repr nested too deep.
+pub(crate) const REPR_DEPTH: &str =
+    "maximum recursion depth exceeded while getting the repr of an object";
+/// CPython's message for a comparison nested too deep.
+pub(crate) const CMP_DEPTH: &str = "maximum recursion depth exceeded in comparison";
 
 /// The cached small int `v` (-5 ..= 256), created on first use; `None` outside the range.
 pub(crate) fn small_int(v: i64, make: impl FnOnce() -> NonNull<Header>) -> Option<NonNull<Header>> {

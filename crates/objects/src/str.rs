@@ -11,8 +11,8 @@
 //!
 //! The hash is computed on first use and kept (`-1`: not yet; CPython's convention). Interned
 //! strings ([`Str::intern`]) are unique per content in the runtime; the intern table holds a
-//! reference to each, so they live as long as the thread (CPython 3.11's interned strings
-//! are mortal; 3.12 made literals immortal).
+//! reference to each until the thread exits (CPython 3.11's interned strings are mortal;
+//! 3.12 made literals immortal).
 
 use core::alloc::Layout;
 use core::cell::Cell;
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use crate::object::{Header, Obj, Type};
 use crate::runtime::{self, STR_LAYOUT};
-use crate::typed_handle;
+use crate::{Error, typed_handle};
 
 #[repr(C)]
 struct StrObject {
@@ -99,12 +99,30 @@ unsafe fn str_hash(p: NonNull<Header>) -> isize {
     v
 }
 
-unsafe fn str_eq(a: NonNull<Header>, b: NonNull<Header>) -> bool {
+unsafe fn str_eq(a: NonNull<Header>, b: NonNull<Header>) -> Result<bool, Error> {
     // SAFETY: both live strs.
-    unsafe { bytes(a) == bytes(b) }
+    Ok(unsafe { bytes(a) == bytes(b) })
 }
 
-unsafe fn str_repr(p: NonNull<Header>, out: &mut String) {
+/// Whether `repr` shows `c` as it is. CPython escapes what `str.isprintable()` rejects: the
+/// categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs other than the space. Without Unicode tables
+/// this covers Cc, Zl, Zp and Zs exactly and the common format characters (Cf) by list;
+/// private-use and unassigned characters are shown as they are.
+fn printable(c: char) -> bool {
+    if c == ' ' {
+        return true;
+    }
+    if c.is_control() || c.is_whitespace() {
+        return false;
+    }
+    !matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x180E | 0x200B..=0x200F
+        | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB
+        | 0x110BD | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+unsafe fn str_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error> {
+    use core::fmt::Write;
     // SAFETY: a live str (its bytes are UTF-8: made from a `&str`).
     let s = unsafe { core::str::from_utf8_unchecked(bytes(p)) };
     let q = if s.contains('\'') && !s.contains('"') {
@@ -123,10 +141,20 @@ unsafe fn str_repr(p: NonNull<Header>, out: &mut String) {
                 out.push('\\');
                 out.push(c);
             }
-            c => out.push(c),
+            c if printable(c) => out.push(c),
+            c if (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if (c as u32) < 0x10000 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
         }
     }
     out.push(q);
+    Ok(())
 }
 
 impl Str {

@@ -24,15 +24,15 @@ proptest! {
         prop_assert_eq!(x.compare(&y), a.cmp(&b));
         prop_assert_eq!(x.to_string(), a.to_string());
         prop_assert_eq!(Int::parse(&a.to_string()).unwrap().to_i128(), Some(a));
-        prop_assert_eq!(x.equals(&Int::from_i128(a)), true);
+        prop_assert_eq!(x.equals(&Int::from_i128(a)), Ok(true));
     }
 
     #[test]
     fn big_ints_obey_the_identities(a in any::<i128>(), b in any::<i128>(), c in any::<i64>()) {
         // (a*b)*c == a*(b*c), (a+b)*c == a*c + b*c, (a*b) - (a*b) == 0, all far beyond i128.
         let (x, y, z) = (Int::from_i128(a), Int::from_i128(b), Int::new(c));
-        prop_assert!(x.mul(&y).mul(&z).equals(&x.mul(&y.mul(&z))));
-        prop_assert!(x.add(&y).mul(&z).equals(&x.mul(&z).add(&y.mul(&z))));
+        prop_assert!(x.mul(&y).mul(&z).eq_value(&x.mul(&y.mul(&z))));
+        prop_assert!(x.add(&y).mul(&z).eq_value(&x.mul(&z).add(&y.mul(&z))));
         prop_assert_eq!(x.mul(&y).sub(&x.mul(&y)).to_i128(), Some(0));
         let p = x.mul(&y);
         prop_assert_eq!(Int::parse(&p.to_string()).unwrap().compare(&p), core::cmp::Ordering::Equal);
@@ -93,7 +93,7 @@ proptest! {
             }
             prop_assert_eq!(d.len(), m.len());
         }
-        let order: Vec<String> = d.keys().iter().map(|k| k.repr()).collect();
+        let order: Vec<String> = d.keys().iter().map(|k| k.repr().unwrap()).collect();
         let want: Vec<String> = m.iter().map(|(k, _)| if k % 2 == 0 { k.to_string() } else { format!("'k{k}'") }).collect();
         prop_assert_eq!(order, want);
     }
@@ -133,11 +133,11 @@ fn str_hash_is_cached_and_equal_strings_hash_equal() {
     let b = Str::new("hello");
     assert!(!a.is(&b));
     assert_eq!(a.hash(), b.hash());
-    assert!(a.equals(&b));
+    assert_eq!(a.equals(&b), Ok(true));
     assert_ne!(a.hash(), Str::new("hellp").hash());
     assert_eq!(Str::new("é").len(), 1);
-    assert_eq!(a.repr(), "'hello'");
-    assert_eq!(Str::new("it's").repr(), "\"it's\"");
+    assert_eq!(a.repr().unwrap(), "'hello'");
+    assert_eq!(Str::new("it's").repr().unwrap(), "\"it's\"");
 }
 
 #[test]
@@ -157,13 +157,73 @@ fn reprs() {
         Str::new("a").into_obj(),
         List::new().into_obj(),
     ]);
-    assert_eq!(l.repr(), "[1, 'a', []]");
+    assert_eq!(l.repr().unwrap(), "[1, 'a', []]");
     l.append(l.clone());
-    assert_eq!(l.repr(), "[1, 'a', [], [...]]");
+    assert_eq!(l.repr().unwrap(), "[1, 'a', [], [...]]");
     l.clear(); // break the cycle (no collector yet)
     let d = Dict::new();
     d.set(Str::new("x"), Int::from_i128(-(1 << 100))).unwrap();
-    assert_eq!(d.repr(), "{'x': -1267650600228229401496703205376}");
+    assert_eq!(d.repr().unwrap(), "{'x': -1267650600228229401496703205376}");
+    // A list and a dict holding each other (python3.11: [{1: [...]}] and {1: [{...}]}).
+    let (l, d) = (List::new(), Dict::new());
+    l.append(d.clone());
+    d.set(Int::new(1), l.clone()).unwrap();
+    assert_eq!(l.repr().unwrap(), "[{1: [...]}]");
+    assert_eq!(d.repr().unwrap(), "{1: [{...}]}");
+    l.clear();
+}
+
+#[test]
+fn str_repr_escapes_what_python_escapes() {
+    // python3.11: repr of each.
+    for (s, want) in [
+        ("\0", "'\\x00'"),
+        ("\x7f", "'\\x7f'"),
+        ("\u{85}", "'\\x85'"),
+        ("\u{200b}", "'\\u200b'"),
+        ("\x1b[31m", "'\\x1b[31m'"),
+        ("é€😀", "'é€😀'"),
+        ("a\\b\n", "'a\\\\b\\n'"),
+        ("\u{3000}", "'\\u3000'"),
+        ("\u{e0001}", "'\\U000e0001'"),
+    ] {
+        assert_eq!(Str::new(s).repr().unwrap(), want, "{s:?}");
+    }
+}
+
+#[test]
+fn nesting_past_the_recursion_limit_is_a_recursion_error() {
+    // python3.11: RecursionError for both, no crash.
+    let mut l = List::new();
+    for _ in 0..100_000 {
+        let outer = List::new();
+        outer.append(l);
+        l = outer;
+    }
+    assert_eq!(
+        l.repr().unwrap_err().to_string(),
+        "RecursionError: maximum recursion depth exceeded while getting the repr of an object"
+    );
+    // a = [a]; b = [b]; a == b
+    let (a, b) = (List::new(), List::new());
+    a.append(a.clone());
+    b.append(b.clone());
+    assert_eq!(
+        a.equals(&b).unwrap_err().to_string(),
+        "RecursionError: maximum recursion depth exceeded in comparison"
+    );
+    a.clear();
+    b.clear();
+    // Within the limit, nested reprs and comparisons work.
+    let (mut x, mut y) = (List::new(), List::new());
+    for _ in 0..500 {
+        let (ox, oy) = (List::new(), List::new());
+        ox.append(x);
+        oy.append(y);
+        (x, y) = (ox, oy);
+    }
+    assert_eq!(x.equals(&y), Ok(true));
+    assert_eq!(x.repr().unwrap().len(), 1002);
 }
 
 #[test]
