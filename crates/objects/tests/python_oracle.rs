@@ -20,7 +20,7 @@ impl Rng {
     fn decimal(&mut self) -> String {
         let n = 1 + (self.next() % 80) as usize;
         let mut s = String::new();
-        if self.next() % 2 == 0 {
+        if self.next().is_multiple_of(2) {
             s.push('-');
         }
         for _ in 0..n {
