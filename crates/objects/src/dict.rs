@@ -25,7 +25,7 @@ use core::ptr::{self, NonNull};
 
 use crate::object::{GC_HEADER_SIZE, Header, Obj, Type, decref};
 use crate::runtime::{self, DICT_LAYOUT, KEYS_LAYOUT};
-use crate::{Error, typed_handle};
+use crate::{Error, gc, typed_handle};
 
 #[repr(C)]
 struct DictObject {
@@ -97,13 +97,29 @@ fn keys_layout(log2_size: u8) -> Layout {
 pub static DICT_TYPE: Type = Type {
     name: "dict",
     gc: true,
+    pre_header: GC_HEADER_SIZE,
     weaklist_offset: 0,
     dealloc: dict_dealloc,
     sizeof: dict_sizeof,
     hash: None,
     eq: dict_eq,
     repr: dict_repr,
+    traverse: Some(dict_traverse),
+    clear: Some(dict_clear),
 };
+
+unsafe fn dict_traverse(p: NonNull<Header>, visit: &mut dyn FnMut(NonNull<Header>)) {
+    // SAFETY: a live dict; the visitor does not change it.
+    for (k, v) in live_entries(unsafe { obj(p) }) {
+        visit(k);
+        visit(v);
+    }
+}
+
+unsafe fn dict_clear(p: NonNull<Header>) {
+    // SAFETY: a live dict (the collector holds it).
+    Dict::clear_raw(unsafe { obj(p) });
+}
 
 /// A `dict` object.
 #[repr(transparent)]
@@ -279,6 +295,7 @@ fn live_entries(d: &DictObject) -> Vec<(NonNull<Header>, NonNull<Header>)> {
 }
 
 unsafe fn dict_dealloc(p: NonNull<Header>) {
+    gc::on_dealloc(p);
     // SAFETY: a live dict whose count reached zero.
     let d = unsafe { obj(p) };
     for (k, v) in live_entries(d) {
@@ -347,6 +364,7 @@ unsafe fn dict_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error> {
 impl Dict {
     /// `{}`.
     pub fn new() -> Dict {
+        gc::on_alloc();
         let block = runtime::alloc_block(DICT_LAYOUT);
         // SAFETY: a fresh block of DICT_LAYOUT: the GC pre-header, then the object.
         unsafe {
@@ -399,6 +417,10 @@ impl Dict {
     pub fn set(&self, key: impl Into<Obj>, value: impl Into<Obj>) -> Result<(), Error> {
         let (key, value) = (key.into(), value.into());
         let hash = key.hash()?;
+        // CPython's MAINTAIN_TRACKING: a dict is tracked once it holds a container.
+        if value.type_of().gc || key.type_of().gc {
+            gc::track(self.0.ptr());
+        }
         let d = self.obj();
         d.version.set(d.version.get() + 1);
         let k = match keys_of(d) {
@@ -519,7 +541,11 @@ impl Dict {
 
     /// `d.clear()`: back to the empty table.
     pub fn clear(&self) {
-        let d = self.obj();
+        Self::clear_raw(self.obj());
+    }
+
+    /// Empties the dict, then drops its references.
+    fn clear_raw(d: &DictObject) {
         let items = live_entries(d);
         let old = keys_of(d);
         d.keys.set(ptr::null_mut());

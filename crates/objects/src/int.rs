@@ -30,12 +30,15 @@ const DIGITS_OFFSET: usize = core::mem::offset_of!(IntObject, digits);
 pub static INT_TYPE: Type = Type {
     name: "int",
     gc: false,
+    pre_header: 0,
     weaklist_offset: 0,
     dealloc: int_dealloc,
     sizeof: int_sizeof,
     hash: Some(int_hash),
     eq: int_eq,
     repr: int_repr,
+    traverse: None,
+    clear: None,
 };
 
 /// An `int` object.

@@ -24,6 +24,8 @@
 
 mod dict;
 mod digits;
+pub mod gc;
+mod instance;
 mod int;
 mod list;
 mod object;
@@ -31,13 +33,14 @@ mod runtime;
 mod str;
 
 pub use dict::{DICT_TYPE, Dict};
+pub use instance::{Class, Instance};
 pub use int::{INT_TYPE, Int};
 pub use list::{LIST_TYPE, List};
 pub use object::{GC_HEADER_SIZE, Obj, Type, getrefcount, getsizeof, id};
 pub use runtime::{
-    DICT_FREELIST_CAP, DICT_KEYS_FREELIST_CAP, FreeLists, INT_FREELIST_CAP, LIST_FREELIST_CAP,
-    RECURSION_LIMIT, STR_FREELIST_CAP, allocator, clear_free_lists, free_list_stats,
-    set_free_lists,
+    DICT_FREELIST_CAP, DICT_KEYS_FREELIST_CAP, FreeLists, INSTANCE_FREELIST_CAP, INT_FREELIST_CAP,
+    LIST_FREELIST_CAP, RECURSION_LIMIT, STR_FREELIST_CAP, allocator, clear_free_lists,
+    free_list_stats, set_free_lists,
 };
 pub use str::{STR_TYPE, Str};
 
@@ -52,6 +55,8 @@ pub enum Error {
     Key(String),
     /// `ValueError: invalid literal for int() with base 10: '...'`.
     Value(String),
+    /// `AttributeError: 'A' object has no attribute 'x'`.
+    Attribute(String),
     /// `RecursionError: maximum recursion depth exceeded ...` (a repr or a comparison nested
     /// deeper than [`RECURSION_LIMIT`]).
     Recursion(&'static str),
@@ -65,6 +70,7 @@ impl core::fmt::Display for Error {
             Error::Key(k) => write!(f, "KeyError: {k}"),
             Error::Value(m) => write!(f, "ValueError: {m}"),
             Error::Recursion(m) => write!(f, "RecursionError: {m}"),
+            Error::Attribute(m) => write!(f, "AttributeError: {m}"),
         }
     }
 }

@@ -18,7 +18,7 @@ use core::ptr::{self, NonNull};
 
 use crate::object::{GC_HEADER_SIZE, Header, Obj, Type, decref};
 use crate::runtime::{self, LIST_LAYOUT};
-use crate::{Error, typed_handle};
+use crate::{Error, gc, typed_handle};
 
 #[repr(C)]
 struct ListObject {
@@ -32,13 +32,28 @@ struct ListObject {
 pub static LIST_TYPE: Type = Type {
     name: "list",
     gc: true,
+    pre_header: GC_HEADER_SIZE,
     weaklist_offset: 0,
     dealloc: list_dealloc,
     sizeof: list_sizeof,
     hash: None,
     eq: list_eq,
     repr: list_repr,
+    traverse: Some(list_traverse),
+    clear: Some(list_clear),
 };
+
+unsafe fn list_traverse(p: NonNull<Header>, visit: &mut dyn FnMut(NonNull<Header>)) {
+    // SAFETY: a live list; the visitor does not change it.
+    for &item in unsafe { slots(obj(p)) } {
+        visit(item);
+    }
+}
+
+unsafe fn list_clear(p: NonNull<Header>) {
+    // SAFETY: a live list (the collector holds it).
+    List::clear_raw(unsafe { obj(p) });
+}
 
 /// A `list` object.
 #[repr(transparent)]
@@ -72,6 +87,7 @@ unsafe fn slots<'a>(l: &ListObject) -> &'a [NonNull<Header>] {
 }
 
 unsafe fn list_dealloc(p: NonNull<Header>) {
+    gc::on_dealloc(p);
     // SAFETY: a live list whose count reached zero.
     let l = unsafe { obj(p) };
     // SAFETY: as above; its references are dropped (queued: deallocation is iterative).
@@ -151,6 +167,7 @@ impl List {
     }
 
     fn with_slots(n: usize) -> List {
+        gc::on_alloc();
         let block = runtime::alloc_block(LIST_LAYOUT);
         // SAFETY: a fresh block of LIST_LAYOUT: the GC pre-header, then the object.
         unsafe {
@@ -167,6 +184,7 @@ impl List {
             });
             let l = List(Obj::from_owned(NonNull::new_unchecked(o.cast())));
             l.set_allocated(n);
+            gc::track(l.0.ptr());
             l
         }
     }
@@ -351,9 +369,13 @@ impl List {
 
     /// `l.clear()`.
     pub fn clear(&self) {
-        let l = self.obj();
-        let old = Self::snapshot(l);
-        // SAFETY: the list's references are released below, after the list is emptied.
+        Self::clear_raw(self.obj());
+    }
+
+    /// Empties the list, then drops its references (so the list is whole, and empty, if
+    /// dropping them frees objects that look at it).
+    fn clear_raw(l: &ListObject) {
+        // SAFETY: a live list; its references are released below, after it is emptied.
         let refs: Vec<NonNull<Header>> = unsafe { slots(l) }.to_vec();
         l.size.set(0);
         free_items(l);
@@ -361,7 +383,6 @@ impl List {
             // SAFETY: the list's reference to each item.
             unsafe { decref(p) };
         }
-        drop(old);
     }
 
     /// New references to the items, in order.

@@ -48,12 +48,18 @@ pub(crate) struct Header {
 /// Bytes of the collector's pre-header before a container's header. CPython: `sizeof(PyGC_Head)`.
 pub const GC_HEADER_SIZE: usize = 16;
 
+/// A type's `tp_traverse`: calls the visitor on each object the given one refers to.
+pub(crate) type Traverse = unsafe fn(NonNull<Header>, &mut dyn FnMut(NonNull<Header>));
+
 /// A type: its name and the operations the runtime needs. CPython: `PyTypeObject`.
 pub struct Type {
     /// The type's name, as in error messages. CPython: `tp_name`.
     pub name: &'static str,
     /// Whether its objects carry the collector's pre-header. CPython: `Py_TPFLAGS_HAVE_GC`.
     pub gc: bool,
+    /// Bytes before the header that belong to the object (the GC head, and an instance's
+    /// managed-dict slots), counted by `getsizeof`. CPython: `_PyType_PreHeaderSize`.
+    pub pre_header: usize,
     /// Where a weak-reference list would be, from the header; 0 if the type has none.
     /// CPython: `tp_weaklistoffset`.
     pub weaklist_offset: usize,
@@ -67,6 +73,11 @@ pub struct Type {
     pub(crate) eq: unsafe fn(NonNull<Header>, NonNull<Header>) -> Result<bool, crate::Error>,
     /// `repr()`. CPython: `tp_repr`.
     pub(crate) repr: unsafe fn(NonNull<Header>, &mut String) -> Result<(), crate::Error>,
+    /// Calls the visitor on every object this one holds a reference to. CPython: `tp_traverse`.
+    pub(crate) traverse: Option<Traverse>,
+    /// Drops the references this object holds (the collector breaks cycles with it).
+    /// CPython: `tp_clear`.
+    pub(crate) clear: Option<unsafe fn(NonNull<Header>)>,
 }
 
 /// An owned reference to an object: cloning adds a reference, dropping removes one.
@@ -231,5 +242,5 @@ pub fn getsizeof(obj: &Obj) -> usize {
     let t = obj.header().ty;
     // SAFETY: the object is live and of the type whose function this is.
     let own = unsafe { (t.sizeof)(obj.ptr) };
-    own + if t.gc { GC_HEADER_SIZE } else { 0 }
+    own + t.pre_header
 }

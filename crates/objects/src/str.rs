@@ -39,12 +39,15 @@ const DATA_OFFSET: usize = core::mem::offset_of!(StrObject, data);
 pub static STR_TYPE: Type = Type {
     name: "str",
     gc: false,
+    pre_header: 0,
     weaklist_offset: 0,
     dealloc: str_dealloc,
     sizeof: str_sizeof,
     hash: Some(str_hash),
     eq: str_eq,
     repr: str_repr,
+    traverse: None,
+    clear: None,
 };
 
 /// A `str` object.

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-use pymalloc_objects::{Dict, Int, List, Obj, Str, allocator, clear_free_lists};
+use pymalloc_objects::{Class, Dict, Int, List, Obj, Str, allocator, clear_free_lists, gc};
 
 fn in_use() -> usize {
     clear_free_lists();
@@ -72,7 +72,34 @@ fn every_block_comes_back() {
     assert_eq!(in_use(), base);
     allocator().check_invariants().unwrap();
 
+    let base = cycles_go_back_after_a_collection(base);
     threads_give_back_their_runtime(base);
+}
+
+/// Cycles through instances, lists and dicts are freed by `gc::collect()`, down to the last
+/// block. Returns the new baseline (the attribute name stays interned).
+fn cycles_go_back_after_a_collection(base: usize) -> usize {
+    gc::disable();
+    let a = Class::new("A");
+    // The attribute name, interned for the life of the thread: one block.
+    a.instantiate().setattr("child", Int::new(0));
+    assert_eq!(in_use(), base + 1);
+    let base = base + 1;
+    for i in 0..1000 {
+        let (a1, a2) = (a.instantiate(), a.instantiate());
+        a1.setattr("child", a2.clone());
+        a2.setattr("child", a1.clone());
+        let l = List::new();
+        let d = Dict::new();
+        d.set(Int::new(i), l.clone()).unwrap();
+        l.append(d);
+        l.append(a1);
+    }
+    assert!(in_use() > base + 4000);
+    assert_eq!(gc::collect(2), 6000);
+    assert_eq!(in_use(), base, "blocks left after collecting the cycles");
+    gc::enable();
+    base
 }
 
 /// Prints its list when dropped, and checks what it printed.

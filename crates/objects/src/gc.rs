@@ -1,0 +1,554 @@
+//! The cycle collector: CPython 3.11's generational design over the tracked containers of the
+//! calling thread's runtime.
+//!
+//! # Tracking
+//! A container (list, dict, instance) carries a [`GcHead`] of two links in the 16 bytes just
+//! before its header (CPython's `PyGC_Head`). A tracked object is on the circular list of one of
+//! three generations; `next` is null while it is untracked. Lists and instances are tracked when
+//! created; a dict, as in CPython, only once a container is stored in it (`MAINTAIN_TRACKING`),
+//! so a dict of ints and strs is never a candidate.
+//!
+//! # Counting and triggering
+//! Generation 0's count is the allocations minus the deallocations of container objects
+//! (tracked or not, as CPython counts in `_PyObject_GC_Link` / `PyObject_GC_Del`). When a new
+//! container is allocated and that count exceeds threshold 0 (700), the collector is enabled
+//! and no collection runs, the oldest generation whose count exceeds its threshold (700, 10,
+//! 10) is collected; generation 2 only if `long_lived_pending > long_lived_total / 4` (the 25 %
+//! rule). Collecting generation `g` zeroes the counts of 0..=g and adds one to `g + 1`'s.
+//!
+//! # A collection (`gc_collect_main`)
+//! 1. The generations 0..=g are merged into the candidates, each unlinked and marked (its
+//!    `next` holds [`COLLECTING`], its `prev` its index), so that "is a candidate" is one load.
+//! 2. `gc_refs` = reference count; every reference from one candidate to another (found by the
+//!    type's `traverse`) is subtracted. What is left counts references from outside: roots.
+//! 3. Everything reachable from a root is marked, with a work list (no recursion: a million-
+//!    object chain does not grow the stack).
+//! 4. Survivors move to generation `g + 1` (or stay in 2). The rest is garbage: with
+//!    `DEBUG_SAVEALL` it goes to `garbage()`; otherwise the collector holds a reference to each
+//!    garbage object, clears them all (each drops the references it holds: the type's
+//!    `clear`), then drops its own references, so objects are freed by their counts reaching
+//!    zero, never from under a live reference.
+//! 5. A collection of generation 2 clears the free lists, as CPython's does.
+
+use core::cell::Cell;
+use core::ptr::{self, NonNull};
+
+use crate::object::{Header, Obj};
+use crate::runtime;
+
+/// The collector's two links before a container's header. CPython: `PyGC_Head`.
+#[repr(C)]
+pub(crate) struct GcHead {
+    next: Cell<*mut GcHead>, // null: untracked
+    prev: Cell<*mut GcHead>, // during a collection: the candidate's index
+}
+
+/// `next` of a candidate during a collection.
+const COLLECTING: *mut GcHead = ptr::without_provenance_mut(1);
+
+/// Generations. CPython: `NUM_GENERATIONS`.
+pub const NUM_GENERATIONS: usize = 3;
+
+/// `DEBUG_SAVEALL`: garbage goes to [`garbage`] instead of being freed. CPython's value.
+pub const DEBUG_SAVEALL: u32 = 32;
+
+/// Where a container's links are.
+pub(crate) fn head_of(p: NonNull<Header>) -> &'static GcHead {
+    // SAFETY: callers pass containers, which have the 16-byte head just before the header,
+    // alive as long as the object.
+    unsafe {
+        &*p.as_ptr()
+            .cast::<u8>()
+            .sub(size_of::<GcHead>())
+            .cast::<GcHead>()
+    }
+}
+
+fn object_of(h: *mut GcHead) -> NonNull<Header> {
+    // SAFETY: a head on a generation list belongs to a live container, whose header follows.
+    unsafe { NonNull::new_unchecked(h.cast::<u8>().add(size_of::<GcHead>()).cast::<Header>()) }
+}
+
+struct Generation {
+    list: Cell<*mut GcHead>, // sentinel of the circular list; null until first used
+    count: Cell<isize>,
+    threshold: Cell<isize>,
+}
+
+impl Generation {
+    const fn new(threshold: isize) -> Self {
+        Self {
+            list: Cell::new(ptr::null_mut()),
+            count: Cell::new(0),
+            threshold: Cell::new(threshold),
+        }
+    }
+
+    fn sentinel(&self) -> *mut GcHead {
+        let s = self.list.get();
+        if !s.is_null() {
+            return s;
+        }
+        let s = Box::into_raw(Box::new(GcHead {
+            next: Cell::new(ptr::null_mut()),
+            prev: Cell::new(ptr::null_mut()),
+        }));
+        // SAFETY: just allocated.
+        unsafe {
+            (*s).next.set(s);
+            (*s).prev.set(s);
+        }
+        self.list.set(s);
+        s
+    }
+
+    /// Appends `h` (untracked, or unlinked) at the end.
+    fn push(&self, h: &GcHead) {
+        let s = self.sentinel();
+        let hp = ptr::from_ref(h).cast_mut();
+        // SAFETY: the sentinel and its last element are live heads.
+        unsafe {
+            let last = (*s).prev.get();
+            h.prev.set(last);
+            h.next.set(s);
+            (*last).next.set(hp);
+            (*s).prev.set(hp);
+        }
+    }
+
+    /// The objects on the list, in order.
+    fn members(&self) -> Vec<NonNull<Header>> {
+        let s = self.list.get();
+        let mut v = Vec::new();
+        if s.is_null() {
+            return v;
+        }
+        // SAFETY: a well-formed circular list of live heads.
+        let mut h = unsafe { (*s).next.get() };
+        while h != s {
+            v.push(object_of(h));
+            // SAFETY: as above.
+            h = unsafe { (*h).next.get() };
+        }
+        v
+    }
+
+    fn len(&self) -> usize {
+        self.members().len()
+    }
+}
+
+/// The collector's state in a runtime.
+pub(crate) struct GcState {
+    generations: [Generation; NUM_GENERATIONS],
+    permanent: Generation, // CPython: `permanent_generation`, filled by `freeze`
+    enabled: Cell<bool>,
+    collecting: Cell<bool>,
+    debug: Cell<u32>,
+    long_lived_total: Cell<usize>,
+    long_lived_pending: Cell<usize>,
+    garbage: core::cell::RefCell<Vec<Obj>>,
+    collections: [Cell<u64>; NUM_GENERATIONS],
+    collected: [Cell<u64>; NUM_GENERATIONS],
+}
+
+impl GcState {
+    pub(crate) const fn new() -> Self {
+        Self {
+            // CPython 3.11: 700, 10, 10.
+            generations: [
+                Generation::new(700),
+                Generation::new(10),
+                Generation::new(10),
+            ],
+            permanent: Generation::new(0),
+            enabled: Cell::new(true),
+            collecting: Cell::new(false),
+            debug: Cell::new(0),
+            long_lived_total: Cell::new(0),
+            long_lived_pending: Cell::new(0),
+            garbage: core::cell::RefCell::new(Vec::new()),
+            collections: [const { Cell::new(0) }; NUM_GENERATIONS],
+            collected: [const { Cell::new(0) }; NUM_GENERATIONS],
+        }
+    }
+
+    /// The runtime is going away: `gc.garbage` is dropped, every object still tracked becomes
+    /// untracked (objects other thread-locals hold are freed later, without the lists), and
+    /// the sentinels are freed.
+    pub(crate) fn release(&self) {
+        drop(core::mem::take(&mut *self.garbage.borrow_mut()));
+        for g in self.generations.iter().chain([&self.permanent]) {
+            for p in g.members() {
+                let h = head_of(p);
+                h.next.set(ptr::null_mut());
+                h.prev.set(ptr::null_mut());
+            }
+            let s = g.list.replace(ptr::null_mut());
+            if !s.is_null() {
+                // SAFETY: allocated by `sentinel` with `Box`.
+                drop(unsafe { Box::from_raw(s) });
+            }
+        }
+    }
+}
+
+fn with_gc<R>(f: impl FnOnce(&GcState) -> R) -> Option<R> {
+    runtime::with(|rt| rt.map(|rt| f(&rt.gc)))
+}
+
+/// A container was allocated: counts it and, past threshold 0, collects (before the caller
+/// tracks the new object, which is therefore never a candidate).
+pub(crate) fn on_alloc() {
+    let due = with_gc(|gc| {
+        let g0 = &gc.generations[0];
+        g0.count.set(g0.count.get() + 1);
+        gc.enabled.get()
+            && !gc.collecting.get()
+            && g0.threshold.get() != 0
+            && g0.count.get() > g0.threshold.get()
+    });
+    if due == Some(true) {
+        collect_generations();
+    }
+}
+
+/// A container is being freed: uncounts it and untracks it.
+pub(crate) fn on_dealloc(p: NonNull<Header>) {
+    untrack(p);
+    with_gc(|gc| {
+        let g0 = &gc.generations[0];
+        if g0.count.get() > 0 {
+            g0.count.set(g0.count.get() - 1);
+        }
+    });
+}
+
+/// Starts tracking container `p` (in generation 0) if it is not tracked.
+pub(crate) fn track(p: NonNull<Header>) {
+    let h = head_of(p);
+    if !h.next.get().is_null() {
+        return;
+    }
+    if with_gc(|gc| gc.generations[0].push(h)).is_none() {
+        // No runtime (the thread is exiting): the object stays untracked.
+    }
+}
+
+/// Stops tracking container `p` if it is tracked.
+pub(crate) fn untrack(p: NonNull<Header>) {
+    let h = head_of(p);
+    let next = h.next.get();
+    if next.is_null() {
+        return;
+    }
+    debug_assert_ne!(
+        next, COLLECTING,
+        "untracking a candidate during a collection"
+    );
+    let prev = h.prev.get();
+    // SAFETY: a tracked head sits on a circular list of live heads.
+    unsafe {
+        (*prev).next.set(next);
+        (*next).prev.set(prev);
+    }
+    h.next.set(ptr::null_mut());
+    h.prev.set(ptr::null_mut());
+}
+
+/// `gc.is_tracked(obj)`.
+pub fn is_tracked(obj: &Obj) -> bool {
+    obj.type_of().gc && !head_of(obj.ptr()).next.get().is_null()
+}
+
+/// The references `obj` holds, through its type's `traverse`.
+fn referents_of(p: NonNull<Header>, out: &mut dyn FnMut(NonNull<Header>)) {
+    // SAFETY: a live object.
+    let t = unsafe { p.as_ref() }.ty;
+    if let Some(tr) = t.traverse {
+        // SAFETY: the object is live and of the type whose function this is.
+        unsafe { tr(p, out) };
+    }
+}
+
+fn is_candidate(p: NonNull<Header>) -> Option<usize> {
+    // SAFETY: a live object.
+    if !unsafe { p.as_ref() }.ty.gc {
+        return None;
+    }
+    let h = head_of(p);
+    (h.next.get() == COLLECTING).then(|| h.prev.get().addr())
+}
+
+/// CPython's `collect_generations`: the oldest generation over its threshold.
+fn collect_generations() {
+    let g = with_gc(|gc| {
+        (0..NUM_GENERATIONS).rev().find(|&i| {
+            let gen_ = &gc.generations[i];
+            if gen_.count.get() <= gen_.threshold.get() {
+                return false;
+            }
+            // The 25 % rule for the oldest generation.
+            i != NUM_GENERATIONS - 1 || gc.long_lived_pending.get() >= gc.long_lived_total.get() / 4
+        })
+    })
+    .flatten();
+    if let Some(g) = g {
+        collect(g);
+    }
+}
+
+/// `gc.collect(generation)`: collects generations 0..=`generation` (2 for a full collection)
+/// and returns the number of unreachable objects found. 0 if a collection is running already
+/// or the thread's runtime is gone.
+pub fn collect(generation: usize) -> usize {
+    let generation = generation.min(NUM_GENERATIONS - 1);
+    let Some(started) = with_gc(|gc| !gc.collecting.replace(true)) else {
+        return 0;
+    };
+    if !started {
+        return 0;
+    }
+    let n = collect_main(generation);
+    with_gc(|gc| {
+        gc.collecting.set(false);
+        gc.collections[generation].set(gc.collections[generation].get() + 1);
+        gc.collected[generation].set(gc.collected[generation].get() + n as u64);
+    });
+    if generation == NUM_GENERATIONS - 1 {
+        runtime::clear_free_lists();
+    }
+    n
+}
+
+fn collect_main(generation: usize) -> usize {
+    // 1. The candidates: generations 0..=g, unlinked and marked.
+    let mut cands: Vec<NonNull<Header>> = Vec::new();
+    with_gc(|gc| {
+        for g in &gc.generations[..=generation] {
+            cands.extend(g.members());
+            let s = g.list.get();
+            if !s.is_null() {
+                // SAFETY: the sentinel is live; every member is being taken off the list.
+                unsafe {
+                    (*s).next.set(s);
+                    (*s).prev.set(s);
+                }
+            }
+        }
+        for (i, g) in gc.generations.iter().enumerate() {
+            if i <= generation {
+                g.count.set(0);
+            } else if i == generation + 1 {
+                g.count.set(g.count.get() + 1);
+            }
+        }
+    });
+    for (i, &p) in cands.iter().enumerate() {
+        let h = head_of(p);
+        h.next.set(COLLECTING);
+        h.prev.set(ptr::without_provenance_mut(i));
+    }
+    // 2. gc_refs: the references from outside the candidates.
+    // SAFETY: the candidates are live (tracked objects are unlinked only when freed).
+    let mut refs: Vec<isize> = cands
+        .iter()
+        .map(|p| unsafe { p.as_ref() }.refcnt.get() as isize)
+        .collect();
+    for &p in &cands {
+        referents_of(p, &mut |r| {
+            if let Some(j) = is_candidate(r) {
+                refs[j] -= 1;
+            }
+        });
+    }
+    // 3. Reachable from the roots, with a work list.
+    let mut reachable = vec![false; cands.len()];
+    let mut work: Vec<usize> = (0..cands.len()).filter(|&i| refs[i] > 0).collect();
+    for &i in &work {
+        reachable[i] = true;
+    }
+    while let Some(i) = work.pop() {
+        referents_of(cands[i], &mut |r| {
+            if let Some(j) = is_candidate(r)
+                && !reachable[j]
+            {
+                reachable[j] = true;
+                work.push(j);
+            }
+        });
+    }
+    // 4. Survivors to the next generation; garbage held, then cleared.
+    let dest = (generation + 1).min(NUM_GENERATIONS - 1);
+    let mut garbage: Vec<Obj> = Vec::new();
+    let save_all = with_gc(|gc| gc.debug.get() & DEBUG_SAVEALL != 0).unwrap_or(false);
+    with_gc(|gc| {
+        for (i, &p) in cands.iter().enumerate() {
+            let h = head_of(p);
+            h.next.set(ptr::null_mut());
+            h.prev.set(ptr::null_mut());
+            gc.generations[dest].push(h);
+            if !reachable[i] {
+                // SAFETY: a live candidate; the collector's own reference.
+                garbage.push(unsafe { Obj::from_borrowed(p) });
+            }
+        }
+        if generation == NUM_GENERATIONS - 1 {
+            gc.long_lived_pending.set(0);
+            gc.long_lived_total.set(gc.generations[dest].len());
+        } else if dest == NUM_GENERATIONS - 1 {
+            let survivors = reachable.iter().filter(|&&r| r).count();
+            gc.long_lived_pending
+                .set(gc.long_lived_pending.get() + survivors);
+        }
+    });
+    let n = garbage.len();
+    if save_all {
+        with_gc(|gc| gc.garbage.borrow_mut().extend(garbage.drain(..)));
+        return n;
+    }
+    for o in &garbage {
+        if let Some(clear) = o.type_of().clear {
+            // SAFETY: a live object (the collector holds it), of the type whose function
+            // this is.
+            unsafe { clear(o.ptr()) };
+        }
+    }
+    drop(garbage);
+    n
+}
+
+/// `gc.enable()`.
+pub fn enable() {
+    with_gc(|gc| gc.enabled.set(true));
+}
+
+/// `gc.disable()`.
+pub fn disable() {
+    with_gc(|gc| gc.enabled.set(false));
+}
+
+/// `gc.isenabled()`.
+pub fn isenabled() -> bool {
+    with_gc(|gc| gc.enabled.get()).unwrap_or(false)
+}
+
+/// `gc.get_count()`: the three generations' counts.
+pub fn get_count() -> (isize, isize, isize) {
+    with_gc(|gc| {
+        let c = |i: usize| gc.generations[i].count.get();
+        (c(0), c(1), c(2))
+    })
+    .unwrap_or((0, 0, 0))
+}
+
+/// `gc.get_threshold()`.
+pub fn get_threshold() -> (isize, isize, isize) {
+    with_gc(|gc| {
+        let t = |i: usize| gc.generations[i].threshold.get();
+        (t(0), t(1), t(2))
+    })
+    .unwrap_or((0, 0, 0))
+}
+
+/// `gc.set_threshold(t0, t1, t2)`; `t0 == 0` turns automatic collection off.
+pub fn set_threshold(t0: isize, t1: isize, t2: isize) {
+    with_gc(|gc| {
+        for (g, t) in gc.generations.iter().zip([t0, t1, t2]) {
+            g.threshold.set(t);
+        }
+    });
+}
+
+/// `gc.set_debug(flags)`; only [`DEBUG_SAVEALL`] has an effect here.
+pub fn set_debug(flags: u32) {
+    with_gc(|gc| gc.debug.set(flags));
+}
+
+/// `gc.get_debug()`.
+pub fn get_debug() -> u32 {
+    with_gc(|gc| gc.debug.get()).unwrap_or(0)
+}
+
+/// `gc.garbage`: what collections found unreachable under [`DEBUG_SAVEALL`] (new references).
+pub fn garbage() -> Vec<Obj> {
+    with_gc(|gc| gc.garbage.borrow().clone()).unwrap_or_default()
+}
+
+/// Empties `gc.garbage` (`del gc.garbage[:]`).
+pub fn clear_garbage() {
+    let g = with_gc(|gc| core::mem::take(&mut *gc.garbage.borrow_mut()));
+    drop(g);
+}
+
+/// `gc.get_objects(generation)`: the tracked objects of one generation, or of all (`None`).
+pub fn get_objects(generation: Option<usize>) -> Vec<Obj> {
+    with_gc(|gc| {
+        let gens: Vec<&Generation> = match generation {
+            Some(g) => gc.generations.get(g).into_iter().collect(),
+            None => gc.generations.iter().collect(),
+        };
+        gens.iter()
+            .flat_map(|g| g.members())
+            // SAFETY: tracked objects are live.
+            .map(|p| unsafe { Obj::from_borrowed(p) })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// `gc.get_referents(obj)`: the objects `obj` refers to (through its type's traverse).
+pub fn get_referents(obj: &Obj) -> Vec<Obj> {
+    let mut v = Vec::new();
+    // SAFETY: the referents of a live object are live.
+    referents_of(obj.ptr(), &mut |r| v.push(unsafe { Obj::from_borrowed(r) }));
+    v
+}
+
+/// `gc.get_referrers(obj)`: the tracked objects that refer to `obj`.
+pub fn get_referrers(obj: &Obj) -> Vec<Obj> {
+    get_objects(None)
+        .into_iter()
+        .filter(|o| {
+            let mut hit = false;
+            referents_of(o.ptr(), &mut |r| hit |= r == obj.ptr());
+            hit
+        })
+        .collect()
+}
+
+/// `gc.freeze()`: moves every tracked object to the permanent generation, which collections
+/// ignore.
+pub fn freeze() {
+    with_gc(|gc| {
+        for g in &gc.generations {
+            for p in g.members() {
+                let h = head_of(p);
+                untrack(p);
+                gc.permanent.push(h);
+            }
+            g.count.set(0);
+        }
+    });
+}
+
+/// `gc.unfreeze()`: back to the oldest generation.
+pub fn unfreeze() {
+    with_gc(|gc| {
+        for p in gc.permanent.members() {
+            untrack(p);
+            gc.generations[NUM_GENERATIONS - 1].push(head_of(p));
+        }
+    });
+}
+
+/// `gc.get_freeze_count()`.
+pub fn get_freeze_count() -> usize {
+    with_gc(|gc| gc.permanent.len()).unwrap_or(0)
+}
+
+/// Collections run and objects found unreachable, per generation (`gc.get_stats()`).
+pub fn get_stats() -> [(u64, u64); NUM_GENERATIONS] {
+    with_gc(|gc| core::array::from_fn(|i| (gc.collections[i].get(), gc.collected[i].get())))
+        .unwrap_or_default()
+}
