@@ -24,7 +24,7 @@ use core::cell::Cell;
 use core::ptr::{self, NonNull};
 
 use crate::object::{GC_HEADER_SIZE, Header, Obj, Type, decref};
-use crate::runtime::{self, DICT_LAYOUT, KEYS_LAYOUT};
+use crate::runtime::{self, DICT_LAYOUT, KEYS_LAYOUT, Kind};
 use crate::{Error, gc, typed_handle};
 
 #[repr(C)]
@@ -134,7 +134,7 @@ struct Keys(NonNull<KeysObject>);
 impl Keys {
     fn new(log2_size: u8) -> Keys {
         let layout = keys_layout(log2_size);
-        let block = runtime::alloc_block(layout).cast::<KeysObject>();
+        let block = runtime::alloc_block(Kind::Keys, layout).cast::<KeysObject>();
         let size = 1usize << log2_size;
         // SAFETY: a fresh block of `layout`: the header, the indices (all set to empty) and
         // the entries (left uninitialised until used).
@@ -266,7 +266,7 @@ impl Keys {
     unsafe fn free(self) {
         let layout = keys_layout(self.h().log2_size);
         // SAFETY: allocated by `Keys::new` with this layout.
-        unsafe { runtime::free_block(self.0.cast(), layout) };
+        unsafe { runtime::free_block(Kind::Keys, self.0.cast(), layout) };
     }
 }
 
@@ -312,7 +312,7 @@ unsafe fn dict_dealloc(p: NonNull<Header>) {
     // SAFETY: the block starts GC_HEADER_SIZE before the object; it came from DICT_LAYOUT.
     unsafe {
         let block = NonNull::new_unchecked(p.as_ptr().cast::<u8>().sub(GC_HEADER_SIZE));
-        runtime::free_block(block, DICT_LAYOUT);
+        runtime::free_block(Kind::Dict, block, DICT_LAYOUT);
     }
 }
 
@@ -365,7 +365,7 @@ impl Dict {
     /// `{}`.
     pub fn new() -> Dict {
         gc::on_alloc();
-        let block = runtime::alloc_block(DICT_LAYOUT);
+        let block = runtime::alloc_block(Kind::Dict, DICT_LAYOUT);
         // SAFETY: a fresh block of DICT_LAYOUT: the GC pre-header, then the object.
         unsafe {
             block.as_ptr().cast::<[u64; 2]>().write([0, 0]);

@@ -407,6 +407,7 @@ fn collect_main(generation: usize) -> usize {
         with_gc(|gc| gc.garbage.borrow_mut().extend(garbage.drain(..)));
         return n;
     }
+    handle_weakrefs(&garbage);
     for o in &garbage {
         if let Some(clear) = o.type_of().clear {
             // SAFETY: a live object (the collector holds it), of the type whose function
@@ -416,6 +417,35 @@ fn collect_main(generation: usize) -> usize {
     }
     drop(garbage);
     n
+}
+
+/// CPython's `handle_weakrefs`: every weak reference to garbage is cleared before anything is
+/// cleared; then the callbacks run, newest first per referent, for the references that are not
+/// themselves garbage (held by something other than garbage).
+fn handle_weakrefs(garbage: &[Obj]) {
+    let mut refs: Vec<crate::WeakRef> = Vec::new();
+    for o in garbage {
+        refs.extend(crate::weakref::clear_refs(o.ptr()));
+    }
+    if refs.is_empty() {
+        return;
+    }
+    let mut held_by_garbage = vec![0usize; refs.len()];
+    for o in garbage {
+        referents_of(o.ptr(), &mut |r| {
+            if let Some(i) = refs.iter().position(|w| w.ptr() == r) {
+                held_by_garbage[i] += 1;
+            }
+        });
+    }
+    let live: Vec<crate::WeakRef> = refs
+        .into_iter()
+        .zip(held_by_garbage)
+        // One reference is `refs`' own.
+        .filter(|(w, g)| crate::getrefcount(w) - 2 > *g)
+        .map(|(w, _)| w)
+        .collect();
+    crate::weakref::run_callbacks(live);
 }
 
 /// `gc.enable()`.

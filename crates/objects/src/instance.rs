@@ -19,7 +19,7 @@ use core::cell::Cell;
 use core::ptr::{self, NonNull};
 
 use crate::object::{GC_HEADER_SIZE, Header, Obj, Type, decref};
-use crate::runtime::{self, INSTANCE_LAYOUT};
+use crate::runtime::{self, INSTANCE_LAYOUT, Kind};
 use crate::{Dict, Error, Str, gc};
 
 /// Bytes of the managed-dict slots before the GC head. CPython 3.11: `MANAGED_DICT` pre-header.
@@ -28,7 +28,7 @@ const MANAGED_DICT_SIZE: usize = 16;
 #[repr(C)]
 struct InstanceObject {
     header: Header,
-    weaklist: Cell<*mut Header>, // CPython: tp_weaklistoffset; the weak references (none yet)
+    weaklist: Cell<*mut Header>, // CPython: tp_weaklistoffset; the first weak reference
 }
 
 /// The attribute-dict slot of the instance at `p`.
@@ -76,7 +76,7 @@ impl Class {
     /// `A()`: a new instance with no attributes.
     pub fn instantiate(&self) -> Instance {
         gc::on_alloc();
-        let block = runtime::alloc_block(INSTANCE_LAYOUT);
+        let block = runtime::alloc_block(Kind::Instance, INSTANCE_LAYOUT);
         // SAFETY: a fresh block of INSTANCE_LAYOUT: the managed-dict slots, the GC head, then
         // the object.
         unsafe {
@@ -199,6 +199,8 @@ fn is_instance(obj: &Obj) -> bool {
 }
 
 unsafe fn instance_dealloc(p: NonNull<Header>) {
+    // CPython's subtype_dealloc: weak references cleared and their callbacks run first.
+    crate::weakref::run_callbacks(crate::weakref::clear_refs(p));
     gc::on_dealloc(p);
     let d = dict_slot(p).replace(ptr::null_mut());
     if let Some(d) = NonNull::new(d) {
@@ -212,7 +214,7 @@ unsafe fn instance_dealloc(p: NonNull<Header>) {
                 .cast::<u8>()
                 .sub(GC_HEADER_SIZE + MANAGED_DICT_SIZE),
         );
-        runtime::free_block(block, INSTANCE_LAYOUT);
+        runtime::free_block(Kind::Instance, block, INSTANCE_LAYOUT);
     }
 }
 

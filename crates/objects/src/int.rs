@@ -14,7 +14,7 @@ use core::ptr::NonNull;
 
 use crate::digits;
 use crate::object::{Header, Obj, Type};
-use crate::runtime::{self, INT_LAYOUT};
+use crate::runtime::{self, INT_LAYOUT, Kind};
 use crate::{Error, typed_handle};
 
 #[repr(C)]
@@ -75,7 +75,7 @@ unsafe fn parts<'a>(p: NonNull<Header>) -> (bool, &'a [u32]) {
 /// A new int object (not cached) holding `(neg, mag)`; one reference.
 fn alloc_int(neg: bool, mag: &[u32]) -> NonNull<Header> {
     let layout = layout_for(mag.len());
-    let block = runtime::alloc_block(layout);
+    let block = runtime::alloc_block(Kind::Int, layout);
     let o = block.as_ptr().cast::<IntObject>();
     // SAFETY: a fresh block of `layout`: room for the header, size and max(1, n) digits.
     unsafe {
@@ -104,7 +104,7 @@ unsafe fn int_dealloc(p: NonNull<Header>) {
     // SAFETY: a live int whose count reached zero.
     let n = unsafe { parts(p) }.1.len();
     // SAFETY: allocated by `alloc_int` with this layout.
-    unsafe { runtime::free_block(p.cast(), layout_for(n)) };
+    unsafe { runtime::free_block(Kind::Int, p.cast(), layout_for(n)) };
 }
 
 unsafe fn int_sizeof(p: NonNull<Header>) -> usize {

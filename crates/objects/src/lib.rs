@@ -31,6 +31,7 @@ mod list;
 mod object;
 mod runtime;
 mod str;
+mod weakref;
 
 pub use dict::{DICT_TYPE, Dict};
 pub use instance::{Class, Instance};
@@ -43,6 +44,7 @@ pub use runtime::{
     free_list_stats, set_free_lists,
 };
 pub use str::{STR_TYPE, Str};
+pub use weakref::{WEAKREF_TYPE, WeakRef, getweakrefcount};
 
 /// Python's exceptions for what can go wrong here, with CPython's messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub enum Error {
     Key(String),
     /// `ValueError: invalid literal for int() with base 10: '...'`.
     Value(String),
+    /// `TypeError: ...`, e.g. `cannot create weak reference to 'list' object`.
+    Type(String),
     /// `AttributeError: 'A' object has no attribute 'x'`.
     Attribute(String),
     /// `RecursionError: maximum recursion depth exceeded ...` (a repr or a comparison nested
@@ -71,6 +75,7 @@ impl core::fmt::Display for Error {
             Error::Value(m) => write!(f, "ValueError: {m}"),
             Error::Recursion(m) => write!(f, "RecursionError: {m}"),
             Error::Attribute(m) => write!(f, "AttributeError: {m}"),
+            Error::Type(m) => write!(f, "TypeError: {m}"),
         }
     }
 }

@@ -17,7 +17,7 @@ use core::cell::Cell;
 use core::ptr::{self, NonNull};
 
 use crate::object::{GC_HEADER_SIZE, Header, Obj, Type, decref};
-use crate::runtime::{self, LIST_LAYOUT};
+use crate::runtime::{self, Kind, LIST_LAYOUT};
 use crate::{Error, gc, typed_handle};
 
 #[repr(C)]
@@ -99,7 +99,7 @@ unsafe fn list_dealloc(p: NonNull<Header>) {
     // SAFETY: the block starts GC_HEADER_SIZE before the object; it came from LIST_LAYOUT.
     unsafe {
         let block = NonNull::new_unchecked(p.as_ptr().cast::<u8>().sub(GC_HEADER_SIZE));
-        runtime::free_block(block, LIST_LAYOUT);
+        runtime::free_block(Kind::List, block, LIST_LAYOUT);
     }
 }
 
@@ -168,7 +168,7 @@ impl List {
 
     fn with_slots(n: usize) -> List {
         gc::on_alloc();
-        let block = runtime::alloc_block(LIST_LAYOUT);
+        let block = runtime::alloc_block(Kind::List, LIST_LAYOUT);
         // SAFETY: a fresh block of LIST_LAYOUT: the GC pre-header, then the object.
         unsafe {
             block.as_ptr().cast::<[u64; 2]>().write([0, 0]);

@@ -97,22 +97,34 @@ impl Runtime {
         }
     }
 
-    /// The free list for `layout`, if the lists are on and one serves it.
-    fn list_for(&self, layout: Layout) -> Option<&FreeList<'static>> {
+    /// The free list of `kind`, if the lists are on and it serves `layout` (an int of more
+    /// than one digit, a longer str or a larger keys table has none).
+    fn list_for(&self, kind: Kind, layout: Layout) -> Option<&FreeList<'static>> {
         if !self.lists_on.get() {
             return None;
         }
-        [
-            &self.ints,
-            &self.strs,
-            &self.lists,
-            &self.dicts,
-            &self.keys,
-            &self.instances,
-        ]
-        .into_iter()
-        .find(|l| l.layout() == layout)
+        let list = match kind {
+            Kind::Int => &self.ints,
+            Kind::Str => &self.strs,
+            Kind::List => &self.lists,
+            Kind::Dict => &self.dicts,
+            Kind::Keys => &self.keys,
+            Kind::Instance => &self.instances,
+        };
+        (list.layout() == layout).then_some(list)
     }
+}
+
+/// Which free list an object's block belongs to (two kinds may share a layout: a list and an
+/// instance are both 56 bytes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Int,
+    Str,
+    List,
+    Dict,
+    Keys,
+    Instance,
 }
 
 impl Drop for Runtime {
@@ -149,10 +161,10 @@ pub(crate) fn with<R>(f: impl FnOnce(Option<&Runtime>) -> R) -> R {
     }
 }
 
-/// A block of `layout` for an object: from the matching free list, else from [`allocator`].
+/// A block of `layout` for an object of `kind`: from its free list, else from [`allocator`].
 /// Aborts (`handle_alloc_error`) if memory is exhausted, as CPython raises `MemoryError`.
-pub(crate) fn alloc_block(layout: Layout) -> NonNull<u8> {
-    let p = with(|rt| match rt.and_then(|rt| rt.list_for(layout)) {
+pub(crate) fn alloc_block(kind: Kind, layout: Layout) -> NonNull<u8> {
+    let p = with(|rt| match rt.and_then(|rt| rt.list_for(kind, layout)) {
         Some(list) => list.alloc(),
         // SAFETY: object layouts have a non-zero size.
         None => unsafe { core::alloc::GlobalAlloc::alloc(&ALLOC, layout) },
@@ -160,12 +172,29 @@ pub(crate) fn alloc_block(layout: Layout) -> NonNull<u8> {
     NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
 }
 
+/// A block of `layout` straight from [`allocator`], whatever free list serves that layout
+/// (for objects with no free list of their own, such as weak references).
+pub(crate) fn alloc_plain(layout: Layout) -> NonNull<u8> {
+    // SAFETY: object layouts have a non-zero size.
+    let p = unsafe { core::alloc::GlobalAlloc::alloc(&ALLOC, layout) };
+    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+}
+
+/// Gives back a block from [`alloc_plain`].
+///
+/// # Safety
+/// `p` came from `alloc_plain(layout)` and is no longer used.
+pub(crate) unsafe fn free_plain(p: NonNull<u8>, layout: Layout) {
+    // SAFETY: allocated from ALLOC with `layout`.
+    unsafe { core::alloc::GlobalAlloc::dealloc(&ALLOC, p.as_ptr(), layout) }
+}
+
 /// Gives back a block from [`alloc_block`].
 ///
 /// # Safety
-/// `p` came from `alloc_block(layout)` and is no longer used.
-pub(crate) unsafe fn free_block(p: NonNull<u8>, layout: Layout) {
-    with(|rt| match rt.and_then(|rt| rt.list_for(layout)) {
+/// `p` came from `alloc_block(kind, layout)` and is no longer used.
+pub(crate) unsafe fn free_block(kind: Kind, p: NonNull<u8>, layout: Layout) {
+    with(|rt| match rt.and_then(|rt| rt.list_for(kind, layout)) {
         // SAFETY: a block of the list's layout from the same allocator.
         Some(list) => unsafe { list.free(p.as_ptr()) },
         // SAFETY: allocated from ALLOC with `layout` (a block taken from a list was too).
@@ -331,6 +360,7 @@ pub fn clear_free_lists() -> usize {
                 + rt.lists.clear()
                 + rt.dicts.clear()
                 + rt.keys.clear()
+                + rt.instances.clear()
         }
         None => 0,
     })

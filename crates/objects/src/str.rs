@@ -21,7 +21,7 @@ use core::ptr::NonNull;
 use std::collections::HashMap;
 
 use crate::object::{Header, Obj, Type};
-use crate::runtime::{self, STR_LAYOUT};
+use crate::runtime::{self, Kind, STR_LAYOUT};
 use crate::{Error, typed_handle};
 
 #[repr(C)]
@@ -78,7 +78,7 @@ unsafe fn str_dealloc(p: NonNull<Header>) {
     // SAFETY: a live str whose count reached zero.
     let len = unsafe { bytes(p) }.len();
     // SAFETY: allocated by `Str::new` with this layout.
-    unsafe { runtime::free_block(p.cast(), layout_for(len)) };
+    unsafe { runtime::free_block(Kind::Str, p.cast(), layout_for(len)) };
 }
 
 unsafe fn str_sizeof(p: NonNull<Header>) -> usize {
@@ -164,7 +164,7 @@ impl Str {
     /// A new string holding `s`.
     pub fn new(s: &str) -> Str {
         let layout = layout_for(s.len());
-        let block = runtime::alloc_block(layout);
+        let block = runtime::alloc_block(Kind::Str, layout);
         let o = block.as_ptr().cast::<StrObject>();
         // SAFETY: a fresh block with room for the header, the bytes and the NUL.
         unsafe {

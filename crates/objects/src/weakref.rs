@@ -1,0 +1,283 @@
+//! Weak references to instances: `weakref.ref(obj[, callback])`.
+//!
+//! An instance keeps the weak references to it on a doubly linked list from its `weaklist`
+//! slot (CPython: `tp_weaklistoffset`). A reference without a callback is kept at the head and
+//! handed out again to the next `ref(obj)` without one; a reference with a callback goes just
+//! after it, so the list runs newest callback first. When the instance dies
+//! (`PyObject_ClearWeakRefs`): every reference to it is cleared first (`upgrade()` gives
+//! `None` from then on), then the callbacks run, newest first, each with its reference, for the
+//! references that are still alive themselves. In a collection, the references to garbage are
+//! cleared before any garbage is cleared, and a reference that is itself garbage (held only by
+//! garbage) gets no callback.
+//!
+//! Only instances of user classes can be referred to weakly, as in CPython: for int, str, list
+//! and dict, [`WeakRef::new`] gives CPython's `TypeError: cannot create weak reference to
+//! 'list' object`.
+//!
+//! A weak reference is not tracked by the collector here (CPython's is): a callback is a Rust
+//! closure, whose captures the collector cannot see anyway.
+
+use core::cell::Cell;
+use core::ptr::{self, NonNull};
+
+use crate::object::{Header, Obj, Type};
+use crate::{Error, runtime};
+
+type Callback = Box<dyn Fn(&WeakRef)>;
+
+#[repr(C)]
+struct WeakRefObject {
+    header: Header,
+    referent: Cell<*mut Header>, // null once the referent died. CPython: wr_object
+    callback: Cell<Option<NonNull<Callback>>>, // CPython: wr_callback
+    prev: Cell<*mut Header>,     // neighbours on the referent's list. CPython: wr_prev
+    next: Cell<*mut Header>,     // CPython: wr_next
+}
+
+/// The type object. CPython: `_PyWeakref_RefType`.
+pub static WEAKREF_TYPE: Type = Type {
+    name: "weakref.ReferenceType",
+    gc: false,
+    pre_header: 0,
+    weaklist_offset: 0,
+    dealloc: weakref_dealloc,
+    sizeof: weakref_sizeof,
+    hash: None,
+    eq: weakref_eq,
+    repr: weakref_repr,
+    traverse: None,
+    clear: None,
+};
+
+fn wr<'a>(p: NonNull<Header>) -> &'a WeakRefObject {
+    // SAFETY: callers pass live weak references.
+    unsafe { &*p.as_ptr().cast::<WeakRefObject>() }
+}
+
+/// The weaklist slot of `obj`, if its type has one.
+fn weaklist_of(obj: NonNull<Header>) -> Option<&'static Cell<*mut Header>> {
+    // SAFETY: a live object.
+    let t = unsafe { obj.as_ref() }.ty;
+    (t.weaklist_offset != 0).then(|| {
+        // SAFETY: the type's objects hold a `Cell<*mut Header>` at this offset, alive as long
+        // as the object.
+        unsafe {
+            &*obj
+                .as_ptr()
+                .cast::<u8>()
+                .add(t.weaklist_offset)
+                .cast::<Cell<*mut Header>>()
+        }
+    })
+}
+
+/// A weak reference. Cloning adds a (strong) reference to the weak-reference object itself.
+#[repr(transparent)]
+#[derive(Clone)]
+pub struct WeakRef(Obj);
+
+impl WeakRef {
+    /// `weakref.ref(obj)`: the existing callback-less reference if there is one, else a new one.
+    pub fn new(obj: &Obj) -> Result<WeakRef, Error> {
+        Self::make(obj, None)
+    }
+
+    /// `weakref.ref(obj, callback)`: always a new reference.
+    pub fn with_callback(
+        obj: &Obj,
+        callback: impl Fn(&WeakRef) + 'static,
+    ) -> Result<WeakRef, Error> {
+        Self::make(obj, Some(Box::new(callback)))
+    }
+
+    fn make(obj: &Obj, callback: Option<Callback>) -> Result<WeakRef, Error> {
+        let Some(list) = weaklist_of(obj.ptr()) else {
+            return Err(Error::Type(format!(
+                "cannot create weak reference to '{}' object",
+                obj.type_name()
+            )));
+        };
+        let head = list.get();
+        if callback.is_none()
+            && let Some(h) = NonNull::new(head)
+            && wr(h).callback.get().is_none()
+        {
+            // SAFETY: a live weak reference on the list.
+            return Ok(WeakRef(unsafe { Obj::from_borrowed(h) }));
+        }
+        let layout = core::alloc::Layout::new::<WeakRefObject>();
+        let block = runtime::alloc_plain(layout).cast::<WeakRefObject>();
+        let has_cb = callback.is_some();
+        // SAFETY: a fresh block for a WeakRefObject.
+        unsafe {
+            block.as_ptr().write(WeakRefObject {
+                header: Header {
+                    refcnt: Cell::new(1),
+                    ty: &WEAKREF_TYPE,
+                },
+                referent: Cell::new(obj.ptr().as_ptr()),
+                callback: Cell::new(callback.map(|c| NonNull::from(Box::leak(Box::new(c))))),
+                prev: Cell::new(ptr::null_mut()),
+                next: Cell::new(ptr::null_mut()),
+            });
+        }
+        let me = block.cast::<Header>();
+        let w = wr(me);
+        // A callback-less reference at the head; one with a callback after the head's
+        // callback-less reference (if any), so that the newest callback runs first.
+        let after = NonNull::new(head).filter(|h| has_cb && wr(*h).callback.get().is_none());
+        match after {
+            Some(a) => {
+                let next = wr(a).next.get();
+                w.prev.set(a.as_ptr());
+                w.next.set(next);
+                wr(a).next.set(me.as_ptr());
+                if let Some(n) = NonNull::new(next) {
+                    wr(n).prev.set(me.as_ptr());
+                }
+            }
+            None => {
+                w.next.set(head);
+                if let Some(h) = NonNull::new(head) {
+                    wr(h).prev.set(me.as_ptr());
+                }
+                list.set(me.as_ptr());
+            }
+        }
+        // SAFETY: a new object with its one reference.
+        Ok(WeakRef(unsafe { Obj::from_owned(me) }))
+    }
+
+    /// `r()`: the referent while it lives, `None` after.
+    pub fn upgrade(&self) -> Option<Obj> {
+        let p = NonNull::new(wr(self.0.ptr()).referent.get())?;
+        // SAFETY: a referent still on record is alive (it clears its references as it dies).
+        Some(unsafe { Obj::from_borrowed(p) })
+    }
+
+    /// Whether the referent is dead.
+    pub fn is_dead(&self) -> bool {
+        wr(self.0.ptr()).referent.get().is_null()
+    }
+
+    /// The weak-reference object as a plain handle.
+    pub fn into_obj(self) -> Obj {
+        self.0
+    }
+}
+
+impl core::ops::Deref for WeakRef {
+    type Target = Obj;
+    fn deref(&self) -> &Obj {
+        &self.0
+    }
+}
+
+impl From<WeakRef> for Obj {
+    fn from(v: WeakRef) -> Obj {
+        v.0
+    }
+}
+
+/// `weakref.getweakrefcount(obj)`.
+pub fn getweakrefcount(obj: &Obj) -> usize {
+    let mut n = 0;
+    let mut p = weaklist_of(obj.ptr()).map_or(ptr::null_mut(), Cell::get);
+    while let Some(w) = NonNull::new(p) {
+        n += 1;
+        p = wr(w).next.get();
+    }
+    n
+}
+
+/// Unlinks `w` from its referent's list and forgets the referent.
+fn unlink(w: NonNull<Header>) {
+    let o = wr(w);
+    let (prev, next) = (
+        o.prev.replace(ptr::null_mut()),
+        o.next.replace(ptr::null_mut()),
+    );
+    if let Some(p) = NonNull::new(prev) {
+        wr(p).next.set(next);
+    } else if let Some(r) = NonNull::new(o.referent.get())
+        && let Some(list) = weaklist_of(r)
+    {
+        list.set(next);
+    }
+    if let Some(n) = NonNull::new(next) {
+        wr(n).prev.set(prev);
+    }
+    o.referent.set(ptr::null_mut());
+}
+
+/// Clears every weak reference to `obj` and returns those with a callback (new references),
+/// in list order (newest callback first). CPython: the first half of
+/// `PyObject_ClearWeakRefs`.
+pub(crate) fn clear_refs(obj: NonNull<Header>) -> Vec<WeakRef> {
+    let Some(list) = weaklist_of(obj) else {
+        return Vec::new();
+    };
+    let mut with_cb = Vec::new();
+    while let Some(w) = NonNull::new(list.get()) {
+        if wr(w).callback.get().is_some() && wr(w).header.refcnt.get() > 0 {
+            // SAFETY: a live weak reference.
+            with_cb.push(WeakRef(unsafe { Obj::from_borrowed(w) }));
+        }
+        unlink(w);
+    }
+    with_cb
+}
+
+/// Runs the callbacks of the given (cleared) references, in order. CPython: the second half
+/// of `PyObject_ClearWeakRefs`.
+pub(crate) fn run_callbacks(refs: Vec<WeakRef>) {
+    for r in refs {
+        if let Some(cb) = wr(r.0.ptr()).callback.take() {
+            // SAFETY: the callback was boxed by `make` and is owned by the reference.
+            let cb = unsafe { Box::from_raw(cb.as_ptr()) };
+            cb(&r);
+        }
+    }
+}
+
+unsafe fn weakref_dealloc(p: NonNull<Header>) {
+    unlink(p);
+    if let Some(cb) = wr(p).callback.take() {
+        // SAFETY: boxed by `make`, owned by the reference.
+        drop(unsafe { Box::from_raw(cb.as_ptr()) });
+    }
+    // SAFETY: allocated by `make` with this layout.
+    unsafe {
+        runtime::free_plain(p.cast(), core::alloc::Layout::new::<WeakRefObject>());
+    }
+}
+
+unsafe fn weakref_sizeof(_: NonNull<Header>) -> usize {
+    size_of::<WeakRefObject>()
+}
+
+unsafe fn weakref_eq(a: NonNull<Header>, b: NonNull<Header>) -> Result<bool, Error> {
+    // Two live references compare their referents; dead ones by identity.
+    let (x, y) = (wr(a).referent.get(), wr(b).referent.get());
+    Ok(if x.is_null() || y.is_null() {
+        a == b
+    } else {
+        x == y
+    })
+}
+
+unsafe fn weakref_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error> {
+    let r = wr(p).referent.get();
+    if let Some(o) = NonNull::new(r) {
+        // SAFETY: a live referent.
+        let name = unsafe { o.as_ref() }.ty.name;
+        out.push_str(&format!(
+            "<weakref at {:#x}; to '{name}' at {:#x}>",
+            p.as_ptr().addr(),
+            r.addr()
+        ));
+    } else {
+        out.push_str(&format!("<weakref at {:#x}; dead>", p.as_ptr().addr()));
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Weak references: CPython's error for the built-in types, the reused callback-less
+//! reference, callbacks newest first after every reference is cleared, the seed text's fix
+//! (`a2.child = ref(a1)`), and weak references to garbage in a collection.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use pymalloc_objects::{Class, Dict, Int, List, Str, WeakRef, gc, getweakrefcount, id};
+
+#[test]
+fn builtin_types_cannot_be_referred_to_weakly() {
+    for (o, name) in [
+        (List::new().into_obj(), "list"),
+        (Dict::new().into_obj(), "dict"),
+        (Int::new(1).into_obj(), "int"),
+        (Str::new("s").into_obj(), "str"),
+    ] {
+        assert_eq!(
+            WeakRef::new(&o).err().unwrap().to_string(),
+            format!("TypeError: cannot create weak reference to '{name}' object")
+        );
+    }
+}
+
+#[test]
+fn a_callbackless_reference_is_reused() {
+    let a = Class::new("A").instantiate();
+    let r1 = WeakRef::new(&a).unwrap();
+    let r2 = WeakRef::new(&a).unwrap();
+    assert_eq!(id(&r1), id(&r2));
+    let r3 = WeakRef::with_callback(&a, |_| {}).unwrap();
+    assert_ne!(id(&r1), id(&r3));
+    assert_eq!(getweakrefcount(&a), 2);
+    assert!(r1.upgrade().unwrap().is(&a));
+    drop(a);
+    assert!(r1.upgrade().is_none() && r3.is_dead());
+}
+
+#[test]
+fn callbacks_run_newest_first_after_every_reference_is_cleared() {
+    let a = Class::new("A").instantiate();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let plain = WeakRef::new(&a).unwrap();
+    let mut refs = Vec::new();
+    for i in 0..3 {
+        let (log, plain) = (log.clone(), plain.clone());
+        refs.push(
+            WeakRef::with_callback(&a, move |r| {
+                // Every reference is already dead when any callback runs.
+                assert!(r.is_dead() && plain.is_dead());
+                log.borrow_mut().push(i);
+            })
+            .unwrap(),
+        );
+    }
+    drop(a);
+    assert_eq!(*log.borrow(), vec![2, 1, 0]);
+    // A reference that died before its referent gets no callback.
+    let b = Class::new("B").instantiate();
+    let fired = Rc::new(RefCell::new(false));
+    let f = fired.clone();
+    drop(WeakRef::with_callback(&b, move |_| *f.borrow_mut() = true).unwrap());
+    drop(b);
+    assert!(!*fired.borrow());
+}
+
+#[test]
+fn a_weak_back_reference_breaks_the_cycle() {
+    // a1.child = a2; a2.child = weakref.ref(a1): freed by reference counts alone.
+    gc::disable();
+    let class = Class::new("A");
+    let fired = Rc::new(RefCell::new(0));
+    for _ in 0..100 {
+        let (a1, a2) = (class.instantiate(), class.instantiate());
+        a1.setattr("child", a2.clone());
+        let f = fired.clone();
+        a2.setattr(
+            "child",
+            WeakRef::with_callback(&a1, move |_| *f.borrow_mut() += 1).unwrap(),
+        );
+    }
+    assert_eq!(*fired.borrow(), 100);
+    assert_eq!(gc::collect(2), 0);
+    gc::enable();
+}
+
+#[test]
+fn weak_references_to_garbage_in_a_collection() {
+    gc::disable();
+    let class = Class::new("A");
+    let fired = Rc::new(RefCell::new(Vec::new()));
+    // A cycle; one weak reference from outside (its callback runs), one held only by the
+    // garbage itself (no callback: it is garbage too).
+    let (a1, a2) = (class.instantiate(), class.instantiate());
+    a1.setattr("child", a2.clone());
+    a2.setattr("child", a1.clone());
+    let f = fired.clone();
+    let outside = WeakRef::with_callback(&a1, move |_| f.borrow_mut().push("outside")).unwrap();
+    let f = fired.clone();
+    let inside = WeakRef::with_callback(&a2, move |_| f.borrow_mut().push("inside")).unwrap();
+    a1.setattr("w", inside);
+    drop((a1, a2));
+    assert!(fired.borrow().is_empty());
+    assert_eq!(gc::collect(2), 4);
+    assert_eq!(*fired.borrow(), vec!["outside"]);
+    assert!(outside.upgrade().is_none());
+    gc::enable();
+}
