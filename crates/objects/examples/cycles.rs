@@ -61,7 +61,10 @@ fn main() {
         blocks() - base
     );
 
-    println!("\n2. The same loop with the collector on (thresholds {:?})", gc::get_threshold());
+    println!(
+        "\n2. The same loop with the collector on (thresholds {:?})",
+        gc::get_threshold()
+    );
     gc::enable();
     for round in 1..=5 {
         for _ in 0..100_000 {
@@ -130,7 +133,12 @@ fn main() {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let col = |i: usize| {
         theirs
@@ -139,6 +147,12 @@ fn main() {
             .map_or("–".to_string(), |v| format!("{v:.1}"))
     };
     println!("   what                                       here ns/object   python3 ns/object");
-    println!("   freeing {n} garbage objects in 2-cycles   {free_ns:>14.1}   {:>17}", col(0));
-    println!("   a full collection over {n} live lists     {live_ns:>14.1}   {:>17}", col(1));
+    println!(
+        "   freeing {n} garbage objects in 2-cycles   {free_ns:>14.1}   {:>17}",
+        col(0)
+    );
+    println!(
+        "   a full collection over {n} live lists     {live_ns:>14.1}   {:>17}",
+        col(1)
+    );
 }
