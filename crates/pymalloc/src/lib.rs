@@ -374,6 +374,10 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// Walks the whole heap and checks every invariant of pools, arenas and lists (listed in
     /// `docs/ARCHITECTURE.md`). O(heap size): for tests and debugging, not for hot paths.
     ///
+    /// It claims every free thread slot for the time it runs (so that no thread adopts a heap
+    /// being checked): a thread taking its first slot meanwhile finds none free and allocates
+    /// from the locked shared heap until its next slow path.
+    ///
     /// # Errors
     /// The first broken invariant found, with the address concerned.
     pub fn check_invariants(&self) -> Result<(), Corruption> {

@@ -24,7 +24,15 @@ impl Geometry for Tiny {
 }
 
 /// A fresh allocator of geometry `G` over malloc, on the heap so tests can hold several.
+///
+/// The calling thread gets a slot first. Tests run on threads of their own, in parallel, and a
+/// new thread finds no free slot while another test's `check_invariants()` holds every free
+/// slot claimed: it then allocates from the shared heap until its next slow path (by design),
+/// and tests that count pools or expect the block just freed back would see that.
 pub fn fresh<G: Geometry>() -> Box<PyMalloc<RawMalloc, G>> {
+    while pymalloc::thread::register() == 0 {
+        std::thread::yield_now();
+    }
     Box::new(PyMalloc::with_backend(RawMalloc))
 }
 
