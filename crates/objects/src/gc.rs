@@ -322,17 +322,18 @@ pub fn collect(generation: usize) -> usize {
 }
 
 fn collect_main(generation: usize) -> usize {
-    // 1. The candidates: generations 0..=g, unlinked and marked.
+    // 1. The candidates: generations 0..=g, unlinked and marked. An object whose count is
+    //    already zero is waiting in the deallocation queue (a collection started from a
+    //    weak-reference callback or an allocation during a deallocation): it is no candidate
+    //    and stays where it is; its references count as outside ones until it is freed.
     let mut cands: Vec<NonNull<Header>> = Vec::new();
     with_gc(|gc| {
         for g in &gc.generations[..=generation] {
-            cands.extend(g.members());
-            let s = g.list.get();
-            if !s.is_null() {
-                // SAFETY: the sentinel is live; every member is being taken off the list.
-                unsafe {
-                    (*s).next.set(s);
-                    (*s).prev.set(s);
+            for p in g.members() {
+                // SAFETY: tracked objects are live (freed ones were untracked).
+                if unsafe { p.as_ref() }.refcnt.get() != 0 {
+                    untrack(p);
+                    cands.push(p);
                 }
             }
         }
@@ -520,7 +521,11 @@ pub fn get_objects(generation: Option<usize>) -> Vec<Obj> {
         };
         gens.iter()
             .flat_map(|g| g.members())
+            // Not those waiting in the deallocation queue (count zero): a handle would revive
+            // them.
             // SAFETY: tracked objects are live.
+            .filter(|p| unsafe { p.as_ref() }.refcnt.get() != 0)
+            // SAFETY: as above.
             .map(|p| unsafe { Obj::from_borrowed(p) })
             .collect()
     })
@@ -530,7 +535,8 @@ pub fn get_objects(generation: Option<usize>) -> Vec<Obj> {
 /// `gc.get_referents(obj)`: the objects `obj` refers to (through its type's traverse).
 pub fn get_referents(obj: &Obj) -> Vec<Obj> {
     let mut v = Vec::new();
-    // SAFETY: the referents of a live object are live.
+    // SAFETY: the referents of a live object are live (a referent's count includes this
+    // object's reference, so it is not zero).
     referents_of(obj.ptr(), &mut |r| v.push(unsafe { Obj::from_borrowed(r) }));
     v
 }

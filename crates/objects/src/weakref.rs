@@ -98,9 +98,12 @@ impl WeakRef {
             )));
         };
         let head = list.get();
+        // Reused only while it lives: a reference whose count is zero waits in the
+        // deallocation queue, still on the list.
         if callback.is_none()
             && let Some(h) = NonNull::new(head)
             && wr(h).callback.get().is_none()
+            && wr(h).header.refcnt.get() != 0
         {
             // SAFETY: a live weak reference on the list.
             return Ok(WeakRef(unsafe { Obj::from_borrowed(h) }));
