@@ -106,6 +106,7 @@ pub static DICT_TYPE: Type = Type {
     repr: dict_repr,
     traverse: Some(dict_traverse),
     clear: Some(dict_clear),
+    is_class: false,
 };
 
 unsafe fn dict_traverse(p: NonNull<Header>, visit: &mut dyn FnMut(NonNull<Header>)) {

@@ -379,7 +379,9 @@ fn collect_main(generation: usize) -> usize {
             }
         });
     }
-    // 4. Survivors to the next generation; garbage held, then cleared.
+    // 4. Survivors to the next generation. The garbage stays off every list (untracked:
+    //    `get_objects` and `get_referrers` in a weak-reference callback cannot hand it out)
+    //    while the collector holds it, clears its weak references and then clears it.
     let dest = (generation + 1).min(NUM_GENERATIONS - 1);
     let mut garbage: Vec<Obj> = Vec::new();
     let save_all = with_gc(|gc| gc.debug.get() & DEBUG_SAVEALL != 0).unwrap_or(false);
@@ -388,8 +390,9 @@ fn collect_main(generation: usize) -> usize {
             let h = head_of(p);
             h.next.set(ptr::null_mut());
             h.prev.set(ptr::null_mut());
-            gc.generations[dest].push(h);
-            if !reachable[i] {
+            if reachable[i] {
+                gc.generations[dest].push(h);
+            } else {
                 // SAFETY: a live candidate; the collector's own reference.
                 garbage.push(unsafe { Obj::from_borrowed(p) });
             }
@@ -404,11 +407,17 @@ fn collect_main(generation: usize) -> usize {
         }
     });
     let n = garbage.len();
+    handle_weakrefs(&garbage);
     if save_all {
-        with_gc(|gc| gc.garbage.borrow_mut().extend(garbage.drain(..)));
+        // Saved: tracked again, in the oldest generation reached, and kept by `garbage()`.
+        with_gc(|gc| {
+            for o in &garbage {
+                gc.generations[dest].push(head_of(o.ptr()));
+            }
+            gc.garbage.borrow_mut().extend(garbage.drain(..));
+        });
         return n;
     }
-    handle_weakrefs(&garbage);
     for o in &garbage {
         if let Some(clear) = o.type_of().clear {
             // SAFETY: a live object (the collector holds it), of the type whose function
@@ -416,37 +425,50 @@ fn collect_main(generation: usize) -> usize {
             unsafe { clear(o.ptr()) };
         }
     }
+    // What something still refers to after the clearing (a callback kept it) is tracked
+    // again; the rest is freed as the collector lets go.
+    with_gc(|gc| {
+        for o in &garbage {
+            if o.header().refcnt.get() > 1 {
+                gc.generations[dest].push(head_of(o.ptr()));
+            }
+        }
+    });
     drop(garbage);
     n
 }
 
-/// CPython's `handle_weakrefs`: every weak reference to garbage is cleared before anything is
-/// cleared; then the callbacks run, newest first per referent, for the references that are not
-/// themselves garbage (held by something other than garbage).
+/// CPython's `handle_weakrefs`. First, a weak reference held only by garbage is garbage too:
+/// it is cleared without its callback (it must not fire when its referent dies later, during
+/// the clearing). Then every weak reference to garbage is cleared before anything is cleared,
+/// and the callbacks run, newest first per referent, for the references that are not
+/// themselves garbage.
 fn handle_weakrefs(garbage: &[Obj]) {
+    use std::collections::HashMap;
+    // References from garbage to weak-reference objects.
+    let mut from_garbage: HashMap<usize, usize> = HashMap::new();
+    for o in garbage {
+        referents_of(o.ptr(), &mut |r| {
+            // SAFETY: a referent of a live object is live.
+            if core::ptr::eq(unsafe { r.as_ref() }.ty, &crate::WEAKREF_TYPE) {
+                *from_garbage.entry(r.as_ptr().addr()).or_insert(0) += 1;
+            }
+        });
+    }
+    for o in garbage {
+        referents_of(o.ptr(), &mut |r| {
+            // SAFETY: as above.
+            let count = unsafe { r.as_ref() }.refcnt.get();
+            if from_garbage.get(&r.as_ptr().addr()) == Some(&count) {
+                crate::weakref::clear_garbage_ref(r);
+            }
+        });
+    }
     let mut refs: Vec<crate::WeakRef> = Vec::new();
     for o in garbage {
         refs.extend(crate::weakref::clear_refs(o.ptr()));
     }
-    if refs.is_empty() {
-        return;
-    }
-    let mut held_by_garbage = vec![0usize; refs.len()];
-    for o in garbage {
-        referents_of(o.ptr(), &mut |r| {
-            if let Some(i) = refs.iter().position(|w| w.ptr() == r) {
-                held_by_garbage[i] += 1;
-            }
-        });
-    }
-    let live: Vec<crate::WeakRef> = refs
-        .into_iter()
-        .zip(held_by_garbage)
-        // One reference is `refs`' own.
-        .filter(|(w, g)| crate::getrefcount(w) - 2 > *g)
-        .map(|(w, _)| w)
-        .collect();
-    crate::weakref::run_callbacks(live);
+    crate::weakref::run_callbacks(refs);
 }
 
 /// `gc.enable()`.

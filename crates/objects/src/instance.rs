@@ -64,6 +64,7 @@ impl Class {
             repr: instance_repr,
             traverse: Some(instance_traverse),
             clear: Some(instance_clear),
+            is_class: true,
         }));
         Class { ty }
     }
@@ -192,10 +193,7 @@ impl core::fmt::Debug for Instance {
 }
 
 fn is_instance(obj: &Obj) -> bool {
-    core::ptr::fn_addr_eq(
-        obj.type_of().dealloc,
-        instance_dealloc as unsafe fn(NonNull<Header>),
-    )
+    obj.type_of().is_class
 }
 
 unsafe fn instance_dealloc(p: NonNull<Header>) {

@@ -41,6 +41,7 @@ pub static LIST_TYPE: Type = Type {
     repr: list_repr,
     traverse: Some(list_traverse),
     clear: Some(list_clear),
+    is_class: false,
 };
 
 unsafe fn list_traverse(p: NonNull<Header>, visit: &mut dyn FnMut(NonNull<Header>)) {

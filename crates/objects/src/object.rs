@@ -78,6 +78,8 @@ pub struct Type {
     /// Drops the references this object holds (the collector breaks cycles with it).
     /// CPython: `tp_clear`.
     pub(crate) clear: Option<unsafe fn(NonNull<Header>)>,
+    /// Whether this is a user class (its objects are `Instance`s).
+    pub(crate) is_class: bool,
 }
 
 /// An owned reference to an object: cloning adds a reference, dropping removes one.

@@ -47,6 +47,7 @@ pub static WEAKREF_TYPE: Type = Type {
     repr: weakref_repr,
     traverse: None,
     clear: None,
+    is_class: false,
 };
 
 fn wr<'a>(p: NonNull<Header>) -> &'a WeakRefObject {
@@ -151,16 +152,23 @@ impl WeakRef {
         Ok(WeakRef(unsafe { Obj::from_owned(me) }))
     }
 
-    /// `r()`: the referent while it lives, `None` after.
+    /// `r()`: the referent while it lives, `None` after. A referent whose count is zero (it
+    /// waits in the deallocation queue) is dead already: a handle would revive a block about
+    /// to be freed (CPython's `PyWeakref_GET_OBJECT` checks the count the same way).
     pub fn upgrade(&self) -> Option<Obj> {
         let p = NonNull::new(wr(self.0.ptr()).referent.get())?;
-        // SAFETY: a referent still on record is alive (it clears its references as it dies).
+        // SAFETY: a referent still on record has not been freed (it clears its references as
+        // it is deallocated).
+        if unsafe { p.as_ref() }.refcnt.get() == 0 {
+            return None;
+        }
+        // SAFETY: as above, and its count is not zero.
         Some(unsafe { Obj::from_borrowed(p) })
     }
 
-    /// Whether the referent is dead.
+    /// Whether the referent is dead (freed, or waiting in the deallocation queue).
     pub fn is_dead(&self) -> bool {
-        wr(self.0.ptr()).referent.get().is_null()
+        self.upgrade().is_none()
     }
 
     /// The weak-reference object as a plain handle.
@@ -229,6 +237,16 @@ pub(crate) fn clear_refs(obj: NonNull<Header>) -> Vec<WeakRef> {
         unlink(w);
     }
     with_cb
+}
+
+/// Clears weak reference `w` without running its callback (it is garbage itself: held only by
+/// garbage). CPython: the first loop of `handle_weakrefs`.
+pub(crate) fn clear_garbage_ref(w: NonNull<Header>) {
+    unlink(w);
+    if let Some(cb) = wr(w).callback.take() {
+        // SAFETY: boxed by `make`, owned by the reference; dropped, not called.
+        drop(unsafe { Box::from_raw(cb.as_ptr()) });
+    }
 }
 
 /// Runs the callbacks of the given (cleared) references, in order. CPython: the second half

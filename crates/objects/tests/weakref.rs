@@ -106,3 +106,91 @@ fn weak_references_to_garbage_in_a_collection() {
     assert!(outside.upgrade().is_none());
     gc::enable();
 }
+
+#[test]
+fn a_referent_waiting_to_be_freed_is_dead_to_upgrade() {
+    // outer = [i, b]; b's callback upgrades a weak reference to i while i waits in the
+    // deallocation queue (count zero): it must get None, not revive i.
+    let class = Class::new("A");
+    let i = class.instantiate();
+    let wi = WeakRef::new(&i).unwrap();
+    let b = class.instantiate();
+    let seen = Rc::new(RefCell::new(None));
+    let s = seen.clone();
+    let _wb = WeakRef::with_callback(&b, move |_| *s.borrow_mut() = Some(wi.upgrade().is_some()))
+        .unwrap();
+    let outer = List::from_objs([i.into_obj(), b.into_obj()]);
+    drop(outer);
+    assert_eq!(*seen.borrow(), Some(false));
+}
+
+#[test]
+fn a_callback_during_a_collection_cannot_reach_the_garbage() {
+    gc::disable();
+    let class = Class::new("A");
+    let (a1, a2) = (class.instantiate(), class.instantiate());
+    a1.setattr("child", a2.clone());
+    a2.setattr("child", a1.clone());
+    let lid = id(&a1);
+    let seen = Rc::new(RefCell::new(None));
+    let s = seen.clone();
+    let _w = WeakRef::with_callback(&a1, move |_| {
+        *s.borrow_mut() = Some(gc::get_objects(None).iter().any(|o| id(o) == lid));
+    })
+    .unwrap();
+    drop((a1, a2));
+    assert_eq!(gc::collect(2), 4);
+    assert_eq!(*seen.borrow(), Some(false));
+    gc::enable();
+}
+
+#[test]
+fn saveall_still_clears_weak_references_and_runs_callbacks() {
+    gc::disable();
+    gc::set_debug(gc::DEBUG_SAVEALL);
+    let class = Class::new("A");
+    let a = class.instantiate();
+    a.setattr("me", a.clone());
+    let fired = Rc::new(RefCell::new(0));
+    let f = fired.clone();
+    let w = WeakRef::with_callback(&a, move |_| *f.borrow_mut() += 1).unwrap();
+    drop(a);
+    assert_eq!(gc::collect(2), 2);
+    assert_eq!((*fired.borrow(), w.is_dead()), (1, true));
+    gc::set_debug(0);
+    for o in gc::garbage() {
+        if let Some(i) = pymalloc_objects::Instance::cast(&o) {
+            i.delattr("me").unwrap();
+        }
+    }
+    gc::clear_garbage();
+    gc::enable();
+}
+
+#[test]
+fn a_weak_reference_held_only_by_garbage_never_fires() {
+    // Its referent lives in an older generation and dies while the garbage is cleared; the
+    // reference is garbage itself, so no callback, whatever the order of the attributes.
+    for x_first in [true, false] {
+        gc::disable();
+        let class = Class::new("A");
+        let x = class.instantiate();
+        gc::collect(0); // x moves to generation 1
+        let fired = Rc::new(RefCell::new(0));
+        let f = fired.clone();
+        let w = WeakRef::with_callback(&x, move |_| *f.borrow_mut() += 1).unwrap();
+        let g = class.instantiate();
+        g.setattr("me", g.clone());
+        if x_first {
+            g.setattr("x", x);
+            g.setattr("w", w);
+        } else {
+            g.setattr("w", w);
+            g.setattr("x", x);
+        }
+        drop(g);
+        assert_eq!(gc::collect(0), 2);
+        assert_eq!(*fired.borrow(), 0, "x first: {x_first}");
+        gc::enable();
+    }
+}
