@@ -445,6 +445,9 @@ fn collect_main(generation: usize) -> usize {
 /// themselves garbage.
 fn handle_weakrefs(garbage: &[Obj]) {
     use std::collections::HashMap;
+    if !crate::weakref::any_alive() {
+        return;
+    }
     // References from garbage to weak-reference objects.
     let mut from_garbage: HashMap<usize, usize> = HashMap::new();
     for o in garbage {

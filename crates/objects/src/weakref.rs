@@ -25,6 +25,17 @@ use crate::{Error, runtime};
 
 type Callback = Box<dyn Fn(&WeakRef)>;
 
+thread_local! {
+    /// Weak-reference objects alive on this thread: a collection skips the weak-reference
+    /// pass when there are none. No destructor: usable at any time.
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether this thread has any weak-reference object alive.
+pub(crate) fn any_alive() -> bool {
+    LIVE.with(Cell::get) != 0
+}
+
 #[repr(C)]
 struct WeakRefObject {
     header: Header,
@@ -125,6 +136,7 @@ impl WeakRef {
                 next: Cell::new(ptr::null_mut()),
             });
         }
+        LIVE.with(|c| c.set(c.get() + 1));
         let me = block.cast::<Header>();
         let w = wr(me);
         // A callback-less reference at the head; one with a callback after the head's
@@ -262,6 +274,7 @@ pub(crate) fn run_callbacks(refs: Vec<WeakRef>) {
 }
 
 unsafe fn weakref_dealloc(p: NonNull<Header>) {
+    LIVE.with(|c| c.set(c.get().saturating_sub(1)));
     unlink(p);
     if let Some(cb) = wr(p).callback.take() {
         // SAFETY: boxed by `make`, owned by the reference.
