@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   dict block: [ gc_next | gc_prev ][ ob_refcnt | ob_type ][ ma_used ][ ma_version ][ ma_keys ][ ma_values ]
-//!                 16 B (reserved)      16 B                   8 B        8 B           8 B        8 B (null)
+//!                 16 B (collector)     16 B                   8 B        8 B           8 B        8 B (null)
 //!   keys block: [ dk_refcnt ][ log2_size, log2_index_bytes, kind, _ ][ version ][ usable ][ nentries ]   32 B
 //!               [ indices: 2^log2_size of 1, 2, 4 or 8 bytes ]   slot -> entry number, -1 empty, -2 deleted
 //!               [ entries: usable_fraction(2^log2_size) of (hash, key, value) ]   24 B each, in insertion order

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   block:  [ gc_next | gc_prev ][ ob_refcnt | ob_type ][ ob_size ][ ob_item ][ allocated ]
-//!             16 B (reserved)      16 B                   8 B        8 B        8 B
+//!             16 B (collector)     16 B                   8 B        8 B        8 B
 //!   ob_item -> [ item 0 | item 1 | ... | (allocated - ob_size spare slots) ]   8 B each
 //! ```
 //! `getsizeof` is `16 + 40 + 8 * allocated`, CPython's `list.__sizeof__` plus its GC header.

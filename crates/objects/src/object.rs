@@ -2,12 +2,13 @@
 //!
 //! # Layout
 //! Every object starts with CPython's `PyObject` header: a reference count and a type.
-//! Containers (list, dict) carry a 16-byte pre-header before it, where CPython keeps its
-//! `PyGC_Head` (the collector's two links); here it is reserved, zeroed, for the cycle
-//! collector, and `getsizeof` counts it as CPython's does. A block looks like this:
+//! Containers (list, dict, instances) carry a 16-byte pre-header before it, CPython's
+//! `PyGC_Head`: the cycle collector's two links (`gc.rs`); `getsizeof` counts it as CPython's
+//! does. A block looks like this:
 //!
 //! ```text
-//!   block ->  [ gc_next | gc_prev ]     16 B, containers only (reserved)
+//!   block ->  [ gc_next | gc_prev ]     16 B, containers only (an instance has 16 B more
+//!                                       before it: its managed-dict slots)
 //!   object -> [ ob_refcnt | ob_type ]   16 B, every object
 //!             [ type-specific fields and items ... ]
 //! ```
