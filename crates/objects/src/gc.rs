@@ -2,7 +2,7 @@
 //! calling thread's runtime.
 //!
 //! # Tracking
-//! A container (list, dict, instance) carries a [`GcHead`] of two links in the 16 bytes just
+//! A container (list, dict, instance) carries a `GcHead` of two links in the 16 bytes just
 //! before its header (CPython's `PyGC_Head`). A tracked object is on the circular list of one of
 //! three generations; `next` is null while it is untracked. Lists and instances are tracked when
 //! created; a dict, as in CPython, only once a container is stored in it (`MAINTAIN_TRACKING`),
@@ -18,7 +18,7 @@
 //!
 //! # A collection (`gc_collect_main`)
 //! 1. The generations 0..=g are merged into the candidates, each unlinked and marked (its
-//!    `next` holds [`COLLECTING`], its `prev` its index), so that "is a candidate" is one load.
+//!    `next` holds `COLLECTING`, its `prev` its index), so that "is a candidate" is one load.
 //! 2. `gc_refs` = reference count; every reference from one candidate to another (found by the
 //!    type's `traverse`) is subtracted. What is left counts references from outside: roots.
 //! 3. Everything reachable from a root is marked, with a work list (no recursion: a million-

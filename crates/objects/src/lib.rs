@@ -17,8 +17,9 @@
 //! keys tables always use 24-byte entries (CPython uses 16 for str-only keys), and strings
 //! hash with SipHash-1-3 with fixed keys (CPython randomises its hash per process).
 //!
-//! Handles are `!Send`: one thread is one runtime, as one interpreter under its GIL (see
-//! [`runtime`](crate::runtime())).
+//! Handles are `!Send`: one thread is one runtime, as one interpreter under its GIL: its free
+//! lists, small ints, interned strings and collector state are the thread's. Memory comes from
+//! one `PyMalloc` for the process, [`allocator()`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
