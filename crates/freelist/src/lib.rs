@@ -4,7 +4,7 @@
 //! CPython keeps a short list of freed objects for some types (80 lists, 80 dicts, 100 floats;
 //! see `Objects/listobject.c`'s `free_list`) and hands them out again without calling the
 //! allocator below. A free list here does the same for any one [`Layout`], over any
-//! [`GlobalAlloc`] (a [`PyMalloc`] by default):
+//! [`GlobalAlloc`](core::alloc::GlobalAlloc) (a [`PyMalloc`] by default):
 //!
 //! ```text
 //!   alloc:  list not empty -> pop (a hit: the layer below is not called)
@@ -28,7 +28,7 @@
 //!   another thread goes to that thread's list (blocks of one layout are interchangeable) or
 //!   down. See its docs for thread exit.
 //!
-//! Both implement [`GlobalAlloc`] (their own layout is served from the list, every other layout
+//! Both implement [`GlobalAlloc`](core::alloc::GlobalAlloc) (their own layout is served from the list, every other layout
 //! is passed to the layer below) and, by reference, [`allocator_api2::alloc::Allocator`], so
 //! `allocator_api2`'s `Box::new_in` and `Vec::new_in`, and hashbrown, run on them.
 
