@@ -106,6 +106,7 @@ pub static DICT_TYPE: Type = Type {
     repr: dict_repr,
     traverse: Some(dict_traverse),
     clear: Some(dict_clear),
+    finalize: None,
     is_class: false,
 };
 

@@ -23,15 +23,25 @@
 //!    type's `traverse`) is subtracted. What is left counts references from outside: roots.
 //! 3. Everything reachable from a root is marked, with a work list (no recursion: a million-
 //!    object chain does not grow the stack).
-//! 4. Survivors move to generation `g + 1` (or stay in 2). The rest is garbage: with
-//!    `DEBUG_SAVEALL` it goes to `garbage()`; otherwise the collector holds a reference to each
-//!    garbage object, clears them all (each drops the references it holds: the type's
-//!    `clear`), then drops its own references, so objects are freed by their counts reaching
-//!    zero, never from under a live reference.
-//! 5. A collection of generation 2 clears the free lists, as CPython's does.
+//! 4. Survivors move to generation `g + 1` (or stay in 2). The rest is garbage, which the
+//!    collector holds (one reference each) off every list. Weak references to it are cleared
+//!    and their callbacks run (`handle_weakrefs`).
+//! 5. Finalizers run, once per object (`finalize_garbage`). If one ran, the references from
+//!    outside the garbage are counted again: what a finalizer resurrected, and everything it
+//!    reaches, survives in generation `g + 1` (`handle_resurrected_objects`). The rest is the
+//!    count `collect` returns.
+//! 6. With `DEBUG_SAVEALL` it goes to `garbage()`; otherwise each object is cleared (it drops
+//!    the references it holds: the type's `clear`), then the collector drops its own
+//!    references, so objects are freed by their counts reaching zero, never from under a live
+//!    reference.
+//! 7. A collection of generation 2 clears the free lists, as CPython's does.
+//!
+//! The [`callbacks`] run before and after, with the collector held: a `collect` from inside
+//! a callback, a finalizer or a weak-reference callback returns 0.
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
+use std::rc::Rc;
 
 use crate::object::{Header, Obj};
 use crate::runtime;
@@ -150,7 +160,11 @@ pub(crate) struct GcState {
     garbage: core::cell::RefCell<Vec<Obj>>,
     collections: [Cell<u64>; NUM_GENERATIONS],
     collected: [Cell<u64>; NUM_GENERATIONS],
+    callbacks: core::cell::RefCell<Vec<(u64, Rc<CallbackFn>)>>,
+    next_callback: Cell<u64>,
 }
+
+type CallbackFn = dyn Fn(Phase, &Info);
 
 impl GcState {
     pub(crate) const fn new() -> Self {
@@ -170,6 +184,8 @@ impl GcState {
             garbage: core::cell::RefCell::new(Vec::new()),
             collections: [const { Cell::new(0) }; NUM_GENERATIONS],
             collected: [const { Cell::new(0) }; NUM_GENERATIONS],
+            callbacks: core::cell::RefCell::new(Vec::new()),
+            next_callback: Cell::new(0),
         }
     }
 
@@ -178,6 +194,7 @@ impl GcState {
     /// the sentinels are freed.
     pub(crate) fn release(&self) {
         drop(core::mem::take(&mut *self.garbage.borrow_mut()));
+        drop(core::mem::take(&mut *self.callbacks.borrow_mut()));
         for g in self.generations.iter().chain([&self.permanent]) {
             for p in g.members() {
                 let h = head_of(p);
@@ -299,8 +316,9 @@ fn collect_generations() {
 }
 
 /// `gc.collect(generation)`: collects generations 0..=`generation` (2 for a full collection)
-/// and returns the number of unreachable objects found. 0 if a collection is running already
-/// or the thread's runtime is gone.
+/// and returns the number of unreachable objects found (and not resurrected by a finalizer).
+/// 0 if a collection is running already (a finalizer, callback or allocation inside one
+/// asked) or the thread's runtime is gone. The [`callbacks`] are called before and after.
 pub fn collect(generation: usize) -> usize {
     let generation = generation.min(NUM_GENERATIONS - 1);
     let Some(started) = with_gc(|gc| !gc.collecting.replace(true)) else {
@@ -309,16 +327,116 @@ pub fn collect(generation: usize) -> usize {
     if !started {
         return 0;
     }
+    let mut info = Info {
+        generation,
+        collected: 0,
+        uncollectable: 0,
+    };
+    callbacks::invoke(Phase::Start, &info);
     let n = collect_main(generation);
     with_gc(|gc| {
-        gc.collecting.set(false);
         gc.collections[generation].set(gc.collections[generation].get() + 1);
         gc.collected[generation].set(gc.collected[generation].get() + n as u64);
     });
     if generation == NUM_GENERATIONS - 1 {
         runtime::clear_free_lists();
     }
+    info.collected = n;
+    callbacks::invoke(Phase::Stop, &info);
+    with_gc(|gc| gc.collecting.set(false));
     n
+}
+
+/// When a [`callbacks`] callback is called. CPython passes the strings `"start"` and `"stop"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the collection.
+    Start,
+    /// After it.
+    Stop,
+}
+
+impl Phase {
+    /// `"start"` or `"stop"`, as CPython passes them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "start",
+            Phase::Stop => "stop",
+        }
+    }
+}
+
+/// What a [`callbacks`] callback is told. CPython: the `info` dict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// The oldest generation collected.
+    pub generation: usize,
+    /// Objects found unreachable; 0 at [`Phase::Start`].
+    pub collected: usize,
+    /// Unreachable objects that could not be freed. Always 0 here: CPython counts objects with
+    /// a legacy `tp_del`, which this crate has no equivalent of.
+    pub uncollectable: usize,
+}
+
+/// `gc.callbacks`: functions called before and after every collection of this thread's
+/// runtime, automatic or not, with the phase and an [`Info`]. They run while the collection
+/// holds the collector, so a `collect()` inside one returns 0.
+pub mod callbacks {
+    use super::{CallbackFn, Info, Phase, Rc, with_gc};
+
+    /// Names a callback, to remove it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Id(u64);
+
+    /// `gc.callbacks.append(f)`. `None` if the thread's runtime is gone.
+    pub fn append(f: impl Fn(Phase, &Info) + 'static) -> Option<Id> {
+        let f: Rc<CallbackFn> = Rc::new(f);
+        with_gc(|gc| {
+            let id = gc.next_callback.get();
+            gc.next_callback.set(id + 1);
+            gc.callbacks.borrow_mut().push((id, f));
+            Id(id)
+        })
+    }
+
+    /// `gc.callbacks.remove(f)`: whether it was there.
+    pub fn remove(id: Id) -> bool {
+        let removed = with_gc(|gc| {
+            let mut v = gc.callbacks.borrow_mut();
+            let i = v.iter().position(|(k, _)| *k == id.0)?;
+            Some(v.remove(i))
+        })
+        .flatten();
+        // Dropped outside the borrow: the callback may hold objects whose release runs code.
+        removed.is_some()
+    }
+
+    /// `gc.callbacks.clear()`.
+    pub fn clear() {
+        let v = with_gc(|gc| core::mem::take(&mut *gc.callbacks.borrow_mut()));
+        drop(v);
+    }
+
+    /// `len(gc.callbacks)`.
+    pub fn count() -> usize {
+        with_gc(|gc| gc.callbacks.borrow().len()).unwrap_or(0)
+    }
+
+    /// Calls every callback, in order, from a snapshot of the list (a callback may add or
+    /// remove callbacks; that takes effect at the next collection).
+    pub(super) fn invoke(phase: Phase, info: &Info) {
+        let fs: Vec<Rc<CallbackFn>> = with_gc(|gc| {
+            gc.callbacks
+                .borrow()
+                .iter()
+                .map(|(_, f)| f.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+        for f in fs {
+            f(phase, info);
+        }
+    }
 }
 
 fn collect_main(generation: usize) -> usize {
@@ -406,13 +524,26 @@ fn collect_main(generation: usize) -> usize {
                 .set(gc.long_lived_pending.get() + survivors);
         }
     });
-    let n = garbage.len();
     handle_weakrefs(&garbage);
+    // 5. Finalizers, once each; what they resurrected (and what it reaches) survives.
+    if finalize_garbage(&garbage) {
+        let alive = resurrected(&garbage);
+        let mut i = 0;
+        garbage.retain(|o| {
+            let keep = !alive[i];
+            i += 1;
+            if !keep {
+                with_gc(|gc| retrack(gc, dest, o.ptr()));
+            }
+            keep
+        });
+    }
+    let n = garbage.len();
     if save_all {
         // Saved: tracked again, in the oldest generation reached, and kept by `garbage()`.
         with_gc(|gc| {
             for o in &garbage {
-                gc.generations[dest].push(head_of(o.ptr()));
+                retrack(gc, dest, o.ptr());
             }
             gc.garbage.borrow_mut().extend(garbage.drain(..));
         });
@@ -430,12 +561,77 @@ fn collect_main(generation: usize) -> usize {
     with_gc(|gc| {
         for o in &garbage {
             if o.header().refcnt.get() > 1 {
-                gc.generations[dest].push(head_of(o.ptr()));
+                retrack(gc, dest, o.ptr());
             }
         }
     });
     drop(garbage);
     n
+}
+
+/// Puts `p` back on generation `dest` unless something (a callback, a finalizer) tracked it
+/// again already.
+fn retrack(gc: &GcState, dest: usize, p: NonNull<Header>) {
+    let h = head_of(p);
+    if h.next.get().is_null() {
+        gc.generations[dest].push(h);
+    }
+}
+
+/// CPython's `finalize_garbage`: runs the finalizer of each garbage object that has one and
+/// has not run it yet. Whether any ran.
+fn finalize_garbage(garbage: &[Obj]) -> bool {
+    let mut ran = false;
+    for o in garbage {
+        if let Some(fin) = o.type_of().finalize {
+            // SAFETY: a live object (the collector holds a reference), of the type whose
+            // function this is.
+            ran |= unsafe { fin(o.ptr()) };
+        }
+    }
+    ran
+}
+
+/// CPython's `handle_resurrected_objects`: after the finalizers, which garbage objects are
+/// referred to from outside the garbage (beyond the collector's own reference), or reachable
+/// from one that is. Those are alive again.
+fn resurrected(garbage: &[Obj]) -> Vec<bool> {
+    // Marked as candidates again (a finalizer may have tracked one: untracked first).
+    for (i, o) in garbage.iter().enumerate() {
+        untrack(o.ptr());
+        let h = head_of(o.ptr());
+        h.next.set(COLLECTING);
+        h.prev.set(ptr::without_provenance_mut(i));
+    }
+    let mut refs: Vec<isize> = garbage
+        .iter()
+        .map(|o| o.header().refcnt.get() as isize - 1)
+        .collect();
+    for o in garbage {
+        referents_of(o.ptr(), &mut |r| {
+            if let Some(j) = is_candidate(r) {
+                refs[j] -= 1;
+            }
+        });
+    }
+    let mut alive: Vec<bool> = refs.iter().map(|&r| r > 0).collect();
+    let mut work: Vec<usize> = (0..garbage.len()).filter(|&i| alive[i]).collect();
+    while let Some(i) = work.pop() {
+        referents_of(garbage[i].ptr(), &mut |r| {
+            if let Some(j) = is_candidate(r)
+                && !alive[j]
+            {
+                alive[j] = true;
+                work.push(j);
+            }
+        });
+    }
+    for o in garbage {
+        let h = head_of(o.ptr());
+        h.next.set(ptr::null_mut());
+        h.prev.set(ptr::null_mut());
+    }
+    alive
 }
 
 /// CPython's `handle_weakrefs`. First, a weak reference held only by garbage is garbage too:

@@ -1,19 +1,21 @@
 //! Instances of user classes: enough for `class A: pass; a1 = A(); a1.child = a2`.
 //!
 //! ```text
-//!   block:  [ dict | values ][ gc_next | gc_prev ][ ob_refcnt | ob_type ][ weaklist ]
-//!             16 B             16 B                 16 B                   8 B
-//!             managed dict     CPython: PyGC_Head    header                tp_weaklistoffset
+//!   block:  [ dict | flags ][ gc_next | gc_prev ][ ob_refcnt | ob_type ][ weaklist ]
+//!             16 B            16 B                 16 B                   8 B
+//!             managed dict    CPython: PyGC_Head    header                tp_weaklistoffset
 //! ```
 //! CPython 3.11 lays out an instance of a plain class the same way: a 24-byte object (header
 //! and weak-reference list) after the GC head and, before that, the two pointers of its
-//! "managed dict" (the attribute dict and, unused here, split values). `getsizeof` is 56, as in
-//! CPython 3.11. The attribute dict is made on the first attribute set. Instances are tracked
+//! "managed dict" (the attribute dict and split values; this crate keeps no split values and
+//! uses that word for the finalized flag). `getsizeof` is 56, as in CPython 3.11. The attribute dict is made on the first attribute set. Instances are tracked
 //! by the collector from creation and come from the instance free list (cap 80).
 //!
 //! A [`Class`] is a type: its name and the operations of its instances. Classes live for the
 //! rest of the program (their type objects are leaked on purpose: CPython's heap types are
-//! objects with counts, which this crate does not model).
+//! objects with counts, which this crate does not model). A class may have a finalizer
+//! ([`Class::with_finalizer`], `__del__`), run once per instance with PEP 442's rules: it may
+//! resurrect the instance.
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
@@ -42,44 +44,85 @@ fn dict_slot(p: NonNull<Header>) -> &'static Cell<*mut Header> {
     }
 }
 
+/// Whether the instance's finalizer has run: the second managed-dict slot (CPython keeps its
+/// split values there, which this crate does not model; CPython keeps the flag in the GC
+/// head, `_PyGC_PREV_MASK_FINALIZED`).
+fn finalized_slot(p: NonNull<Header>) -> &'static Cell<usize> {
+    // SAFETY: as for `dict_slot`: the slot after it, zeroed when the instance is made.
+    unsafe {
+        &*p.as_ptr()
+            .cast::<u8>()
+            .sub(GC_HEADER_SIZE + MANAGED_DICT_SIZE - 8)
+            .cast::<Cell<usize>>()
+    }
+}
+
+/// A class object: its type and its finalizer. `ty` comes first: an instance's type pointer
+/// is also a pointer to its class object.
+#[repr(C)]
+struct ClassObject {
+    ty: Type,
+    finalizer: Option<Finalizer>,
+}
+
+type Finalizer = Box<dyn Fn(&Instance)>;
+
 /// A user class. CPython: a heap type.
 #[derive(Clone, Copy)]
 pub struct Class {
-    ty: &'static Type,
+    cls: &'static ClassObject,
 }
 
 impl Class {
     /// `class <name>: pass`. The class lives for the rest of the program.
     pub fn new(name: &str) -> Class {
+        Self::make(name, None)
+    }
+
+    /// A class with a finalizer, `def __del__(self): ...` (PEP 442). It runs once per
+    /// instance: when the last reference goes, or when the collector finds the instance
+    /// unreachable, whichever comes first. It may resurrect the instance by storing a new
+    /// reference to it somewhere; the instance then lives on, and its finalizer does not run
+    /// again when it dies later.
+    pub fn with_finalizer(name: &str, finalizer: impl Fn(&Instance) + 'static) -> Class {
+        Self::make(name, Some(Box::new(finalizer)))
+    }
+
+    fn make(name: &str, finalizer: Option<Finalizer>) -> Class {
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-        let ty = Box::leak(Box::new(Type {
-            name,
-            gc: true,
-            pre_header: GC_HEADER_SIZE + MANAGED_DICT_SIZE,
-            weaklist_offset: core::mem::offset_of!(InstanceObject, weaklist),
-            dealloc: instance_dealloc,
-            sizeof: instance_sizeof,
-            hash: Some(instance_hash),
-            eq: instance_eq,
-            repr: instance_repr,
-            traverse: Some(instance_traverse),
-            clear: Some(instance_clear),
-            is_class: true,
+        let finalize = finalizer.is_some().then_some(instance_finalize as _);
+        let cls = Box::leak(Box::new(ClassObject {
+            ty: Type {
+                name,
+                gc: true,
+                pre_header: GC_HEADER_SIZE + MANAGED_DICT_SIZE,
+                weaklist_offset: core::mem::offset_of!(InstanceObject, weaklist),
+                dealloc: instance_dealloc,
+                sizeof: instance_sizeof,
+                hash: Some(instance_hash),
+                eq: instance_eq,
+                repr: instance_repr,
+                traverse: Some(instance_traverse),
+                clear: Some(instance_clear),
+                finalize,
+                is_class: true,
+            },
+            finalizer,
         }));
-        Class { ty }
+        Class { cls }
     }
 
     /// The class's name.
     pub fn name(&self) -> &'static str {
-        self.ty.name
+        self.cls.ty.name
     }
 
     /// `A()`: a new instance with no attributes.
     pub fn instantiate(&self) -> Instance {
         gc::on_alloc();
         let block = runtime::alloc_block(Kind::Instance, INSTANCE_LAYOUT);
-        // SAFETY: a fresh block of INSTANCE_LAYOUT: the managed-dict slots, the GC head, then
-        // the object.
+        // SAFETY: a fresh block of INSTANCE_LAYOUT: the managed-dict slots (the dict, and the
+        // finalized flag), the GC head, then the object.
         unsafe {
             block.as_ptr().cast::<[u64; 4]>().write([0; 4]);
             let o = block
@@ -89,7 +132,7 @@ impl Class {
             o.write(InstanceObject {
                 header: Header {
                     refcnt: Cell::new(1),
-                    ty: self.ty,
+                    ty: &self.cls.ty,
                 },
                 weaklist: Cell::new(ptr::null_mut()),
             });
@@ -101,7 +144,7 @@ impl Class {
 
     /// Whether `obj` is an instance of this class.
     pub fn is_instance(&self, obj: &Obj) -> bool {
-        core::ptr::eq(obj.type_of(), self.ty)
+        core::ptr::eq(obj.type_of(), &self.cls.ty)
     }
 }
 
@@ -196,8 +239,39 @@ fn is_instance(obj: &Obj) -> bool {
     obj.type_of().is_class
 }
 
+/// The class's finalizer, once per instance (`tp_finalize` of a class with `__del__`).
+unsafe fn instance_finalize(p: NonNull<Header>) -> bool {
+    let done = finalized_slot(p);
+    if done.get() != 0 {
+        return false;
+    }
+    done.set(1);
+    // SAFETY: a live instance; its type is the `ty` of a leaked `ClassObject`, its first field.
+    let cls = unsafe { &*core::ptr::from_ref(p.as_ref().ty).cast::<ClassObject>() };
+    if let Some(f) = &cls.finalizer {
+        // SAFETY: the caller holds a reference to the live instance.
+        f(&Instance(unsafe { Obj::from_borrowed(p) }));
+    }
+    true
+}
+
 unsafe fn instance_dealloc(p: NonNull<Header>) {
-    // CPython's subtype_dealloc: weak references cleared and their callbacks run first.
+    // CPython's subtype_dealloc: the finalizer first (`PyObject_CallFinalizerFromDealloc`),
+    // with the count at one for its duration, and the instance still tracked. If a reference
+    // is left after it, the instance was resurrected and stays.
+    // SAFETY: a live instance (its count just reached zero).
+    let h = unsafe { p.as_ref() };
+    if let Some(fin) = h.ty.finalize {
+        h.refcnt.set(1);
+        // SAFETY: the count of one is this function's reference.
+        unsafe { fin(p) };
+        let n = h.refcnt.get() - 1;
+        h.refcnt.set(n);
+        if n != 0 {
+            return;
+        }
+    }
+    // Then the weak references are cleared and their callbacks run.
     crate::weakref::run_callbacks(crate::weakref::clear_refs(p));
     gc::on_dealloc(p);
     let d = dict_slot(p).replace(ptr::null_mut());

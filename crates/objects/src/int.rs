@@ -39,6 +39,7 @@ pub static INT_TYPE: Type = Type {
     repr: int_repr,
     traverse: None,
     clear: None,
+    finalize: None,
     is_class: false,
 };
 

@@ -45,7 +45,7 @@ pub use runtime::{
     free_list_stats, set_free_lists,
 };
 pub use str::{STR_TYPE, Str};
-pub use weakref::{WEAKREF_TYPE, WeakRef, getweakrefcount};
+pub use weakref::{WEAKREF_TYPE, WeakRef, WeakValueDict, getweakrefcount};
 
 /// Python's exceptions for what can go wrong here, with CPython's messages.
 #[derive(Clone, Debug, PartialEq, Eq)]

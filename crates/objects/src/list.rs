@@ -41,6 +41,7 @@ pub static LIST_TYPE: Type = Type {
     repr: list_repr,
     traverse: Some(list_traverse),
     clear: Some(list_clear),
+    finalize: None,
     is_class: false,
 };
 

@@ -79,6 +79,11 @@ pub struct Type {
     /// Drops the references this object holds (the collector breaks cycles with it).
     /// CPython: `tp_clear`.
     pub(crate) clear: Option<unsafe fn(NonNull<Header>)>,
+    /// Runs the object's finalizer if it has not run yet and says whether it ran; the
+    /// finalizer may resurrect the object (store a new reference to it). Called by the last
+    /// `decref` before `dealloc`, and by the collector before garbage is cleared.
+    /// CPython: `tp_finalize` (`__del__`), called through `PyObject_CallFinalizer`.
+    pub(crate) finalize: Option<unsafe fn(NonNull<Header>) -> bool>,
     /// Whether this is a user class (its objects are `Instance`s).
     pub(crate) is_class: bool,
 }

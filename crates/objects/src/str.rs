@@ -48,6 +48,7 @@ pub static STR_TYPE: Type = Type {
     repr: str_repr,
     traverse: None,
     clear: None,
+    finalize: None,
     is_class: false,
 };
 

@@ -58,6 +58,7 @@ pub static WEAKREF_TYPE: Type = Type {
     repr: weakref_repr,
     traverse: None,
     clear: None,
+    finalize: None,
     is_class: false,
 };
 
@@ -314,4 +315,88 @@ unsafe fn weakref_repr(p: NonNull<Header>, out: &mut String) -> Result<(), Error
         out.push_str(&format!("<weakref at {:#x}; dead>", p.as_ptr().addr()));
     }
     Ok(())
+}
+
+/// `weakref.WeakValueDictionary`: a mapping whose values are held weakly; an entry goes away
+/// when its value dies (by counts or by the collector), through a callback on the weak
+/// reference the entry holds, as CPython's `KeyedRef` does.
+///
+/// The entries live in a [`Dict`](crate::Dict) of key to weak reference; keys are held
+/// strongly. Values must support weak references (instances): for anything else `insert`
+/// gives CPython's `TypeError`.
+pub struct WeakValueDict {
+    data: std::rc::Rc<crate::Dict>,
+}
+
+impl Default for WeakValueDict {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WeakValueDict {
+    /// An empty mapping.
+    pub fn new() -> Self {
+        Self {
+            data: std::rc::Rc::new(crate::Dict::new()),
+        }
+    }
+
+    /// `d[key] = value`. The entry goes when `value` dies, unless `key` was set again
+    /// meanwhile.
+    pub fn insert(&self, key: impl Into<Obj>, value: &Obj) -> Result<(), Error> {
+        let key: Obj = key.into();
+        key.hash()?;
+        let data = std::rc::Rc::downgrade(&self.data);
+        let k = key.clone();
+        let r = WeakRef::with_callback(value, move |me| {
+            // The dict may be gone (the mapping was dropped first), or the key may map to a
+            // newer reference.
+            if let Some(d) = data.upgrade()
+                && let Ok(Some(cur)) = d.get(&k)
+                && cur.is(me)
+            {
+                let _ = d.remove(&k);
+            }
+        })?;
+        self.data.set(key, r)
+    }
+
+    /// `d.get(key)`: the value while it lives.
+    pub fn get(&self, key: &Obj) -> Result<Option<Obj>, Error> {
+        Ok(self.data.get(key)?.and_then(|r| Self::referent(&r)))
+    }
+
+    /// `d.pop(key, None)`: removes the entry and gives the value if it still lived.
+    pub fn remove(&self, key: &Obj) -> Result<Option<Obj>, Error> {
+        if !self.data.contains(key)? {
+            return Ok(None);
+        }
+        Ok(Self::referent(&self.data.remove(key)?))
+    }
+
+    /// `len(d)`: the entries whose value lives.
+    pub fn len(&self) -> usize {
+        self.items().len()
+    }
+
+    /// Whether no entry's value lives.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `list(d.items())`: the entries whose value lives, in insertion order.
+    pub fn items(&self) -> Vec<(Obj, Obj)> {
+        self.data
+            .items()
+            .into_iter()
+            .filter_map(|(k, r)| Some((k, Self::referent(&r)?)))
+            .collect()
+    }
+
+    fn referent(r: &Obj) -> Option<Obj> {
+        // SAFETY: the dict's values are all weak-reference objects (only `insert` adds any).
+        let w: &WeakRef = unsafe { &*core::ptr::from_ref(r).cast::<WeakRef>() };
+        w.upgrade()
+    }
 }

@@ -194,3 +194,58 @@ fn a_weak_reference_held_only_by_garbage_never_fires() {
         gc::enable();
     }
 }
+
+#[test]
+fn weak_value_dict_entries_go_with_their_values() {
+    use pymalloc_objects::WeakValueDict;
+    let a = Class::new("A");
+    let d = WeakValueDict::new();
+    let (x, y) = (a.instantiate(), a.instantiate());
+    d.insert(Str::new("x"), &x).unwrap();
+    d.insert(Int::new(7), &y).unwrap();
+    assert_eq!(d.len(), 2);
+    assert!(d.get(&Str::new("x").into_obj()).unwrap().unwrap().is(&x));
+    // By counts: the entry goes as the value dies.
+    drop(x);
+    assert_eq!(d.len(), 1);
+    assert!(d.get(&Str::new("x").into_obj()).unwrap().is_none());
+    // By the collector: a value in a cycle.
+    gc::disable();
+    y.setattr("me", y.clone());
+    drop(y);
+    assert_eq!(d.len(), 1, "the cycle keeps it alive");
+    assert_eq!(gc::collect(2), 2);
+    assert!(d.is_empty());
+    assert!(d.items().is_empty());
+    gc::enable();
+}
+
+#[test]
+fn weak_value_dict_keeps_a_newer_entry_and_refuses_what_cannot_be_weak() {
+    use pymalloc_objects::WeakValueDict;
+    let a = Class::new("A");
+    let d = WeakValueDict::new();
+    let key = Str::new("k").into_obj();
+    let (old, new) = (a.instantiate(), a.instantiate());
+    d.insert(key.clone(), &old).unwrap();
+    d.insert(key.clone(), &new).unwrap();
+    drop(old);
+    assert!(
+        d.get(&key).unwrap().unwrap().is(&new),
+        "the newer entry stays"
+    );
+    assert!(d.remove(&key).unwrap().unwrap().is(&new));
+    assert!(d.remove(&key).unwrap().is_none());
+    assert_eq!(
+        d.insert(key.clone(), &List::new()).unwrap_err().to_string(),
+        "TypeError: cannot create weak reference to 'list' object"
+    );
+    assert_eq!(
+        d.insert(List::new(), &new).unwrap_err().to_string(),
+        "TypeError: unhashable type: 'list'"
+    );
+    // The mapping may go before its values.
+    d.insert(key, &new).unwrap();
+    drop(d);
+    drop(new);
+}
