@@ -1,12 +1,11 @@
 //! The seed text's leak and its fixes: reference cycles (`a1.child = a2; a2.child = a1`) that
 //! counts alone never free, the collector finding them, a weak back-reference that needs no
 //! collector, and the gc module's counters; with pymalloc's view of the memory at each step.
-//! Then the cost of a collection, side by side with python3 doing the same (if it is on the
-//! PATH).
+//! The gc module itself, and what a collection costs beside python3, are in the `gcmodule`
+//! example.
 //!
 //! Run: `cargo run --release -p pymalloc-objects --example cycles`
 
-use std::process::Command;
 use std::time::Instant;
 
 use pymalloc_objects::{Class, List, WeakRef, allocator, clear_free_lists, gc};
@@ -105,54 +104,4 @@ fn main() {
         Err(e) => println!("   weakref.ref([]): {e}"),
     }
     gc::enable();
-
-    println!("\n4. The cost of a collection, per object (python3 doing the same beside it)");
-    let n = 200_000;
-    gc::disable();
-    for _ in 0..n / 2 {
-        let (a, b) = (List::new(), List::new());
-        a.append(b.clone());
-        b.append(a);
-    }
-    let t = Instant::now();
-    let found = gc::collect(2);
-    let free_ns = t.elapsed().as_nanos() as f64 / found as f64;
-    let live: Vec<List> = (0..n).map(|_| List::new()).collect();
-    let t = Instant::now();
-    gc::collect(2);
-    let live_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    drop(live);
-    gc::enable();
-    let py = format!(
-        "import gc, time\ngc.disable()\nfor _ in range({half}):\n    a = []; b = [a]; a.append(b)\ndel a, b\nt = time.perf_counter(); n = gc.collect(); d = time.perf_counter() - t\nprint(d * 1e9 / n)\nlive = [[] for _ in range({n})]\nt = time.perf_counter(); gc.collect(); d = time.perf_counter() - t\nprint(d * 1e9 / {n})\n",
-        half = n / 2
-    );
-    let theirs: Vec<String> = Command::new("python3")
-        .arg("-c")
-        .arg(&py)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    let col = |i: usize| {
-        theirs
-            .get(i)
-            .and_then(|s| s.parse::<f64>().ok())
-            .map_or("–".to_string(), |v| format!("{v:.1}"))
-    };
-    println!("   what                                       here ns/object   python3 ns/object");
-    println!(
-        "   freeing {n} garbage objects in 2-cycles   {free_ns:>14.1}   {:>17}",
-        col(0)
-    );
-    println!(
-        "   a full collection over {n} live lists     {live_ns:>14.1}   {:>17}",
-        col(1)
-    );
 }

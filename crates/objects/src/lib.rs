@@ -30,6 +30,7 @@ mod instance;
 mod int;
 mod list;
 mod object;
+pub mod profile;
 mod runtime;
 mod str;
 mod weakref;
