@@ -17,13 +17,17 @@
 //! rule). Collecting generation `g` zeroes the counts of 0..=g and adds one to `g + 1`'s.
 //!
 //! # A collection (`gc_collect_main`)
-//! 1. The generations 0..=g are merged into the candidates, each unlinked and marked (its
-//!    `next` holds `COLLECTING`, its `prev` its index), so that "is a candidate" is one load.
+//! 1. The lists of generations 0..=g are spliced onto g's (each in O(1)). Until step 4 the
+//!    list is walked through `next` only, and `prev` holds each candidate's state instead of
+//!    a link: its `gc_refs` and two flags, "collecting" and "reachable" (CPython keeps them in
+//!    `_gc_prev` the same way). A link is an aligned address, so no tracked object outside
+//!    the collection looks like a candidate. No memory is allocated per candidate.
 //! 2. `gc_refs` = reference count; every reference from one candidate to another (found by the
 //!    type's `traverse`) is subtracted. What is left counts references from outside: roots.
 //! 3. Everything reachable from a root is marked, with a work list (no recursion: a million-
 //!    object chain does not grow the stack).
-//! 4. Survivors move to generation `g + 1` (or stay in 2). The rest is garbage, which the
+//! 4. The list is relinked in one walk; survivors move to generation `g + 1` (a splice, or
+//!    they stay in 2). The rest is garbage, which the
 //!    collector holds (one reference each) off every list. Weak references to it are cleared
 //!    and their callbacks run (`handle_weakrefs`).
 //! 5. Finalizers run, once per object (`finalize_garbage`). If one ran, the references from
@@ -288,13 +292,56 @@ fn referents_of(p: NonNull<Header>, out: &mut dyn FnMut(NonNull<Header>)) {
     }
 }
 
-fn is_candidate(p: NonNull<Header>) -> Option<usize> {
+// During a collection a candidate's `prev` holds its state instead of a link: its gc_refs
+// shifted left by two, and two flags. A link is an aligned address, whose low bits are clear,
+// so a tracked object that is no candidate never shows `FLAG_COLLECTING`.
+// CPython: `_gc_prev` with `PREV_MASK_COLLECTING` and `_PyGC_PREV_SHIFT`.
+const FLAG_COLLECTING: usize = 1;
+const FLAG_REACHABLE: usize = 2;
+const FLAGS: usize = FLAG_COLLECTING | FLAG_REACHABLE;
+const REFS_SHIFT: u32 = 2;
+
+fn state(h: &GcHead) -> usize {
+    h.prev.get().addr()
+}
+
+fn refs(h: &GcHead) -> usize {
+    state(h) >> REFS_SHIFT
+}
+
+fn set_state(h: &GcHead, refs: usize, flags: usize) {
+    h.prev
+        .set(ptr::without_provenance_mut((refs << REFS_SHIFT) | flags));
+}
+
+/// The head of `p` if it is a candidate of the running collection.
+fn candidate(p: NonNull<Header>) -> Option<&'static GcHead> {
     // SAFETY: a live object.
     if !unsafe { p.as_ref() }.ty.gc {
         return None;
     }
     let h = head_of(p);
-    (h.next.get() == COLLECTING).then(|| h.prev.get().addr())
+    (!h.next.get().is_null() && state(h) & FLAG_COLLECTING != 0).then_some(h)
+}
+
+/// Appends every head on `from`'s list to `to`'s, leaving `from` empty. CPython:
+/// `gc_list_merge`.
+fn splice(from: *mut GcHead, to: *mut GcHead) {
+    // SAFETY: both are live sentinels of well-formed circular lists.
+    unsafe {
+        let first = (*from).next.get();
+        if first == from {
+            return;
+        }
+        let last = (*from).prev.get();
+        let tail = (*to).prev.get();
+        (*tail).next.set(first);
+        (*first).prev.set(tail);
+        (*last).next.set(to);
+        (*to).prev.set(last);
+        (*from).next.set(from);
+        (*from).prev.set(from);
+    }
 }
 
 /// CPython's `collect_generations`: the oldest generation over its threshold.
@@ -440,20 +487,16 @@ pub mod callbacks {
 }
 
 fn collect_main(generation: usize) -> usize {
-    // 1. The candidates: generations 0..=g, unlinked and marked. An object whose count is
-    //    already zero is waiting in the deallocation queue (a collection started from a
-    //    weak-reference callback or an allocation during a deallocation): it is no candidate
-    //    and stays where it is; its references count as outside ones until it is freed.
-    let mut cands: Vec<NonNull<Header>> = Vec::new();
-    with_gc(|gc| {
-        for g in &gc.generations[..=generation] {
-            for p in g.members() {
-                // SAFETY: tracked objects are live (freed ones were untracked).
-                if unsafe { p.as_ref() }.refcnt.get() != 0 {
-                    untrack(p);
-                    cands.push(p);
-                }
-            }
+    // 1. The candidates: generations 0..=g, spliced onto g's list (CPython's
+    //    `gc_list_merge`). From here to step 4 the list is walked through `next` only; `prev`
+    //    holds each candidate's state. An object whose count is already zero is waiting in
+    //    the deallocation queue (a collection started from a weak-reference callback or an
+    //    allocation during a deallocation): it is no candidate, its references count as
+    //    outside ones, and it stays on the list.
+    let Some(young) = with_gc(|gc| {
+        let young = gc.generations[generation].sentinel();
+        for g in &gc.generations[..generation] {
+            splice(g.sentinel(), young);
         }
         for (i, g) in gc.generations.iter().enumerate() {
             if i <= generation {
@@ -462,68 +505,113 @@ fn collect_main(generation: usize) -> usize {
                 g.count.set(g.count.get() + 1);
             }
         }
+        young
+    }) else {
+        return 0;
+    };
+    // SAFETY (for the walks below): `young` is a live sentinel and the list a well-formed
+    // circle of live heads through `next`; no code outside this function runs before step 4
+    // relinks it (traverse functions only read).
+    let walk = |f: &mut dyn FnMut(&'static GcHead)| {
+        // SAFETY: as above.
+        let mut h = unsafe { (*young).next.get() };
+        while h != young {
+            // SAFETY: as above.
+            let head = unsafe { &*h };
+            h = head.next.get();
+            f(head);
+        }
+    };
+    // 2. gc_refs = reference count, minus every reference from a candidate to a candidate:
+    //    what is left counts references from outside.
+    let mut ncands = 0usize;
+    walk(&mut |h| {
+        // SAFETY: tracked objects are live (freed ones were untracked).
+        let rc = unsafe { object_of(ptr::from_ref(h).cast_mut()).as_ref() }
+            .refcnt
+            .get();
+        if rc != 0 {
+            set_state(h, rc, FLAG_COLLECTING);
+            ncands += 1;
+        }
     });
-    for (i, &p) in cands.iter().enumerate() {
-        let h = head_of(p);
-        h.next.set(COLLECTING);
-        h.prev.set(ptr::without_provenance_mut(i));
-    }
-    // 2. gc_refs: the references from outside the candidates.
-    // SAFETY: the candidates are live (tracked objects are unlinked only when freed).
-    let mut refs: Vec<isize> = cands
-        .iter()
-        .map(|p| unsafe { p.as_ref() }.refcnt.get() as isize)
-        .collect();
-    for &p in &cands {
-        referents_of(p, &mut |r| {
-            if let Some(j) = is_candidate(r) {
-                refs[j] -= 1;
-            }
-        });
-    }
-    // 3. Reachable from the roots, with a work list.
-    let mut reachable = vec![false; cands.len()];
-    let mut work: Vec<usize> = (0..cands.len()).filter(|&i| refs[i] > 0).collect();
-    for &i in &work {
-        reachable[i] = true;
-    }
-    while let Some(i) = work.pop() {
-        referents_of(cands[i], &mut |r| {
-            if let Some(j) = is_candidate(r)
-                && !reachable[j]
-            {
-                reachable[j] = true;
-                work.push(j);
-            }
-        });
-    }
-    // 4. Survivors to the next generation. The garbage stays off every list (untracked:
+    walk(&mut |h| {
+        if state(h) & FLAG_COLLECTING != 0 {
+            referents_of(object_of(ptr::from_ref(h).cast_mut()), &mut |r| {
+                if let Some(rh) = candidate(r) {
+                    set_state(rh, refs(rh).saturating_sub(1), state(rh) & FLAGS);
+                }
+            });
+        }
+    });
+    // 3. Reachable from the roots (a count left above zero), with a work list: no recursion.
+    let mut work: Vec<&'static GcHead> = Vec::new();
+    let mut nreachable = 0usize;
+    walk(&mut |h| {
+        let st = state(h);
+        if st & FLAG_COLLECTING == 0 || st & FLAG_REACHABLE != 0 || refs(h) == 0 {
+            return;
+        }
+        set_state(h, refs(h), st | FLAG_REACHABLE);
+        nreachable += 1;
+        work.push(h);
+        while let Some(x) = work.pop() {
+            referents_of(object_of(ptr::from_ref(x).cast_mut()), &mut |r| {
+                if let Some(rh) = candidate(r)
+                    && state(rh) & FLAG_REACHABLE == 0
+                {
+                    set_state(rh, refs(rh), state(rh) | FLAG_REACHABLE);
+                    nreachable += 1;
+                    work.push(rh);
+                }
+            });
+        }
+    });
+    // 4. The list is relinked: survivors (and queued objects) stay, in order, and move to
+    //    generation g + 1 (or stay in 2). The garbage leaves every list (untracked:
     //    `get_objects` and `get_referrers` in a weak-reference callback cannot hand it out)
     //    while the collector holds it, clears its weak references and then clears it.
     let dest = (generation + 1).min(NUM_GENERATIONS - 1);
-    let mut garbage: Vec<Obj> = Vec::new();
-    let save_all = with_gc(|gc| gc.debug.get() & DEBUG_SAVEALL != 0).unwrap_or(false);
-    with_gc(|gc| {
-        for (i, &p) in cands.iter().enumerate() {
-            let h = head_of(p);
+    let mut garbage: Vec<Obj> = Vec::with_capacity(ncands - nreachable);
+    let mut survivors = 0usize;
+    let mut kept = 0usize;
+    let mut last = young;
+    walk(&mut |h| {
+        let st = state(h);
+        let hp = ptr::from_ref(h).cast_mut();
+        if st & FLAG_COLLECTING != 0 && st & FLAG_REACHABLE == 0 {
             h.next.set(ptr::null_mut());
             h.prev.set(ptr::null_mut());
-            if reachable[i] {
-                gc.generations[dest].push(h);
-            } else {
-                // SAFETY: a live candidate; the collector's own reference.
-                garbage.push(unsafe { Obj::from_borrowed(p) });
-            }
+            // SAFETY: a live candidate; the collector's own reference.
+            garbage.push(unsafe { Obj::from_borrowed(object_of(hp)) });
+        } else {
+            survivors += usize::from(st & FLAG_COLLECTING != 0);
+            kept += 1;
+            h.prev.set(last);
+            // SAFETY: `last` is the sentinel or a head kept just before.
+            unsafe { (*last).next.set(hp) };
+            last = hp;
+        }
+    });
+    // SAFETY: as above.
+    unsafe {
+        (*last).next.set(young);
+        (*young).prev.set(last);
+    }
+    let save_all = with_gc(|gc| {
+        if dest != generation {
+            splice(young, gc.generations[dest].sentinel());
         }
         if generation == NUM_GENERATIONS - 1 {
             gc.long_lived_pending.set(0);
-            gc.long_lived_total.set(gc.generations[dest].len());
+            gc.long_lived_total.set(kept);
         } else if dest == NUM_GENERATIONS - 1 {
-            let survivors = reachable.iter().filter(|&&r| r).count();
             gc.long_lived_pending
                 .set(gc.long_lived_pending.get() + survivors);
         }
-    });
+        gc.debug.get() & DEBUG_SAVEALL != 0
+    })
+    .unwrap_or(false);
     handle_weakrefs(&garbage);
     // 5. Finalizers, once each; what they resurrected (and what it reaches) survives.
     if finalize_garbage(&garbage) {
@@ -596,42 +684,49 @@ fn finalize_garbage(garbage: &[Obj]) -> bool {
 /// referred to from outside the garbage (beyond the collector's own reference), or reachable
 /// from one that is. Those are alive again.
 fn resurrected(garbage: &[Obj]) -> Vec<bool> {
-    // Marked as candidates again (a finalizer may have tracked one: untracked first).
-    for (i, o) in garbage.iter().enumerate() {
+    // Marked as candidates again (a finalizer may have tracked one: untracked first), with
+    // the collector's own reference left out of the count.
+    for o in garbage {
         untrack(o.ptr());
         let h = head_of(o.ptr());
         h.next.set(COLLECTING);
-        h.prev.set(ptr::without_provenance_mut(i));
+        set_state(h, o.header().refcnt.get() - 1, FLAG_COLLECTING);
     }
-    let mut refs: Vec<isize> = garbage
-        .iter()
-        .map(|o| o.header().refcnt.get() as isize - 1)
-        .collect();
     for o in garbage {
         referents_of(o.ptr(), &mut |r| {
-            if let Some(j) = is_candidate(r) {
-                refs[j] -= 1;
+            if let Some(rh) = candidate(r) {
+                set_state(rh, refs(rh).saturating_sub(1), state(rh) & FLAGS);
             }
         });
     }
-    let mut alive: Vec<bool> = refs.iter().map(|&r| r > 0).collect();
-    let mut work: Vec<usize> = (0..garbage.len()).filter(|&i| alive[i]).collect();
-    while let Some(i) = work.pop() {
-        referents_of(garbage[i].ptr(), &mut |r| {
-            if let Some(j) = is_candidate(r)
-                && !alive[j]
-            {
-                alive[j] = true;
-                work.push(j);
-            }
-        });
-    }
+    let mut work: Vec<&'static GcHead> = Vec::new();
     for o in garbage {
         let h = head_of(o.ptr());
-        h.next.set(ptr::null_mut());
-        h.prev.set(ptr::null_mut());
+        if refs(h) > 0 && state(h) & FLAG_REACHABLE == 0 {
+            set_state(h, refs(h), state(h) | FLAG_REACHABLE);
+            work.push(h);
+        }
+        while let Some(x) = work.pop() {
+            referents_of(object_of(ptr::from_ref(x).cast_mut()), &mut |r| {
+                if let Some(rh) = candidate(r)
+                    && state(rh) & FLAG_REACHABLE == 0
+                {
+                    set_state(rh, refs(rh), state(rh) | FLAG_REACHABLE);
+                    work.push(rh);
+                }
+            });
+        }
     }
-    alive
+    garbage
+        .iter()
+        .map(|o| {
+            let h = head_of(o.ptr());
+            let alive = state(h) & FLAG_REACHABLE != 0;
+            h.next.set(ptr::null_mut());
+            h.prev.set(ptr::null_mut());
+            alive
+        })
+        .collect()
 }
 
 /// CPython's `handle_weakrefs`. First, a weak reference held only by garbage is garbage too:
