@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use pymalloc_objects::{Class, List, WeakRef, allocator, clear_free_lists, gc};
+use pymalloc_objects::{Class, Dict, List, WeakRef, allocator, clear_free_lists, gc};
 
 fn blocks() -> usize {
     clear_free_lists();
@@ -99,9 +99,14 @@ fn main() {
         blocks() - base,
         gc::collect(2)
     );
-    match WeakRef::new(&List::new()) {
-        Ok(_) => println!("   weakref to a list: accepted?"),
-        Err(e) => println!("   weakref.ref([]): {e}"),
+    for (what, obj) in [
+        ("[]", List::new().into_obj()),
+        ("{}", Dict::new().into_obj()),
+    ] {
+        match WeakRef::new(&obj) {
+            Ok(_) => println!("   weakref.ref({what}): accepted?"),
+            Err(e) => println!("   weakref.ref({what}): {e}"),
+        }
     }
     gc::enable();
 }
