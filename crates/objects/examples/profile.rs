@@ -16,7 +16,12 @@
 //! Run: `cargo run --release -p pymalloc-objects --example profile`
 
 use pymalloc_objects::profile::Profile;
-use pymalloc_objects::{Int, List, getrefcount, getsizeof};
+use pymalloc_objects::{Int, List, allocator, getrefcount, getsizeof};
+
+/// Pools in use, over every size class.
+fn pools() -> usize {
+    allocator().stats().classes.iter().map(|c| c.pools).sum()
+}
 
 fn main() {
     let mut p = Profile::new("TEST01.py (the seed text's, on pymalloc-objects)");
@@ -28,7 +33,11 @@ fn main() {
     let a = p.line(6, "    a = sys.getrefcount(list)", || getrefcount(&list));
     let size_before = getsizeof(&list);
     p.line(7, "    print(a)", || println!("{a}"));
-    p.line(8, "    list.append(3)", || list.append(Int::new(3)));
+    let new_pools = p.line(8, "    list.append(3)", || {
+        let before = pools();
+        list.append(Int::new(3));
+        pools() - before
+    });
     let b = p.line(9, "    b = sys.getrefcount(list)", || getrefcount(&list));
     p.line(10, "    print(b)", || println!("{b}"));
     println!();
@@ -39,9 +48,12 @@ fn main() {
         "getsizeof(list): {size_before} bytes before the append, {} after (python3: 72 and 120)",
         getsizeof(&list)
     );
+    let (rss, blocks, _) = p.increment(8).expect("line 8 ran");
     println!(
-        "The append grew the list's item array from 2 to {} slots (CPython's list_resize): a new",
+        "The append grew the list's item array from 2 to {} slots (CPython's list_resize): {blocks:+} block(s)",
         list.allocated()
     );
-    println!("pymalloc block for the array, no new page for the process, so RSS does not move.");
+    println!(
+        "in use for pymalloc, {new_pools} new pool(s), and {rss:+} bytes of RSS for the process."
+    );
 }
