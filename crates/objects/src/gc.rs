@@ -374,6 +374,14 @@ pub fn collect(generation: usize) -> usize {
     if !started {
         return 0;
     }
+    /// Lets go of the collector however the collection ends (also if it unwinds).
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            with_gc(|gc| gc.collecting.set(false));
+        }
+    }
+    let running = Running;
     let mut info = Info {
         generation,
         collected: 0,
@@ -390,7 +398,7 @@ pub fn collect(generation: usize) -> usize {
     }
     info.collected = n;
     callbacks::invoke(Phase::Stop, &info);
-    with_gc(|gc| gc.collecting.set(false));
+    drop(running);
     n
 }
 
@@ -481,7 +489,10 @@ pub mod callbacks {
         })
         .unwrap_or_default();
         for f in fs {
-            f(phase, info);
+            crate::runtime::run_user_code(
+                &format_args!("the gc callback for \"{}\"", phase.as_str()),
+                || f(phase, info),
+            );
         }
     }
 }
@@ -612,9 +623,20 @@ fn collect_main(generation: usize) -> usize {
         gc.debug.get() & DEBUG_SAVEALL != 0
     })
     .unwrap_or(false);
-    handle_weakrefs(&garbage);
-    // 5. Finalizers, once each; what they resurrected (and what it reaches) survives.
+    let (freed_refs, deferred) = handle_weakrefs(&garbage);
+    // 5. Finalizers, once each. CPython holds a reference to a garbage object only while its
+    //    finalizer runs, so what a finalizer leaves with no other reference is freed by its
+    //    count there and then, and is not counted; here the collector holds them all, so it
+    //    lets go of those only it holds, then of those that this left alone, and so on. What
+    //    a finalizer resurrected (and what that reaches) survives.
     if finalize_garbage(&garbage) {
+        loop {
+            let before = garbage.len();
+            garbage.retain(|o| o.header().refcnt.get() != 1);
+            if garbage.len() == before {
+                break;
+            }
+        }
         let alive = resurrected(&garbage);
         let mut i = 0;
         garbage.retain(|o| {
@@ -626,7 +648,8 @@ fn collect_main(generation: usize) -> usize {
             keep
         });
     }
-    let n = garbage.len();
+    // CPython 3.11 also counts the weak references its callbacks freed (`handle_weakrefs`).
+    let n = garbage.len() + freed_refs;
     if save_all {
         // Saved: tracked again, in the oldest generation reached, and kept by `garbage()`.
         with_gc(|gc| {
@@ -654,6 +677,7 @@ fn collect_main(generation: usize) -> usize {
         }
     });
     drop(garbage);
+    drop(deferred);
     n
 }
 
@@ -733,11 +757,12 @@ fn resurrected(garbage: &[Obj]) -> Vec<bool> {
 /// it is cleared without its callback (it must not fire when its referent dies later, during
 /// the clearing). Then every weak reference to garbage is cleared before anything is cleared,
 /// and the callbacks run, newest first per referent, for the references that are not
-/// themselves garbage.
-fn handle_weakrefs(garbage: &[Obj]) {
+/// themselves garbage. Returns how many of those references their callbacks freed, and the
+/// callbacks of the garbage references, to be dropped when the collection ends.
+fn handle_weakrefs(garbage: &[Obj]) -> (usize, Vec<crate::weakref::DeferredCallback>) {
     use std::collections::HashMap;
     if !crate::weakref::any_alive() {
-        return;
+        return (0, Vec::new());
     }
     // References from garbage to weak-reference objects.
     let mut from_garbage: HashMap<usize, usize> = HashMap::new();
@@ -749,12 +774,16 @@ fn handle_weakrefs(garbage: &[Obj]) {
             }
         });
     }
+    // Their callbacks are dropped by the caller, at the end of the collection: the drop runs
+    // code of the caller's, which must not run inside a traverse or before the references to
+    // the garbage are cleared.
+    let mut deferred = Vec::new();
     for o in garbage {
         referents_of(o.ptr(), &mut |r| {
             // SAFETY: as above.
             let count = unsafe { r.as_ref() }.refcnt.get();
             if from_garbage.get(&r.as_ptr().addr()) == Some(&count) {
-                crate::weakref::clear_garbage_ref(r);
+                deferred.extend(crate::weakref::clear_garbage_ref(r));
             }
         });
     }
@@ -762,7 +791,7 @@ fn handle_weakrefs(garbage: &[Obj]) {
     for o in garbage {
         refs.extend(crate::weakref::clear_refs(o.ptr()));
     }
-    crate::weakref::run_callbacks(refs);
+    (crate::weakref::run_callbacks(refs), deferred)
 }
 
 /// `gc.enable()`.

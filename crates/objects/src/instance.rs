@@ -179,6 +179,12 @@ impl Instance {
             return Dict::downcast(unsafe { Obj::from_borrowed(d) }).expect("a dict");
         }
         let d = Dict::new();
+        // Making the dict may have run a collection, and with it code of the caller's (a
+        // finalizer, a callback) that gave this instance its dict first: that one stays.
+        if let Some(first) = NonNull::new(slot.get()) {
+            // SAFETY: the slot holds a reference to a live dict.
+            return Dict::downcast(unsafe { Obj::from_borrowed(first) }).expect("a dict");
+        }
         slot.set(d.clone().into_obj().into_raw().as_ptr());
         d
     }
@@ -250,7 +256,15 @@ unsafe fn instance_finalize(p: NonNull<Header>) -> bool {
     let cls = unsafe { &*core::ptr::from_ref(p.as_ref().ty).cast::<ClassObject>() };
     if let Some(f) = &cls.finalizer {
         // SAFETY: the caller holds a reference to the live instance.
-        f(&Instance(unsafe { Obj::from_borrowed(p) }));
+        let me = Instance(unsafe { Obj::from_borrowed(p) });
+        runtime::run_user_code(
+            &format_args!(
+                "the finalizer of <{} object at {:#x}>",
+                cls.ty.name,
+                p.as_ptr().addr()
+            ),
+            || f(&me),
+        );
     }
     true
 }

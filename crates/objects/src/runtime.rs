@@ -225,9 +225,18 @@ pub(crate) fn dealloc(p: NonNull<Header>) {
         unsafe { (*running).push(p) };
         return;
     }
+    /// Unpublishes the queue however the loop ends: also if a deallocation unwinds (the
+    /// queue is on this frame's stack), so that no later deallocation pushes onto it.
+    struct Published;
+    impl Drop for Published {
+        fn drop(&mut self) {
+            DEALLOC_QUEUE.with(|c| c.set(ptr::null_mut()));
+        }
+    }
     let mut queue: Vec<NonNull<Header>> = Vec::new();
     let q: *mut Vec<NonNull<Header>> = &mut queue;
     DEALLOC_QUEUE.with(|c| c.set(q));
+    let _published = Published;
     let mut next = Some(p);
     while let Some(o) = next {
         // SAFETY: `o`'s count reached zero: nobody refers to it any more.
@@ -235,7 +244,22 @@ pub(crate) fn dealloc(p: NonNull<Header>) {
         // SAFETY: the queue lives until the end of this function; only reached through `q`.
         next = unsafe { (*q).pop() };
     }
-    DEALLOC_QUEUE.with(|c| c.set(ptr::null_mut()));
+}
+
+/// Runs code of the caller's (a finalizer, a weak-reference callback, a `gc.callbacks`
+/// callback, or the drop of one) where the runtime cannot let it unwind: in the middle of a
+/// deallocation or a collection. A panic is caught and reported on stderr, and the runtime
+/// carries on, as CPython prints "Exception ignored in: ..." for an exception raised there.
+/// (With `panic = "abort"` a panic aborts before it gets here.)
+pub(crate) fn run_user_code(what: &dyn core::fmt::Display, f: impl FnOnce()) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let msg = e
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| e.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a panic payload that is not a string)");
+        eprintln!("Exception ignored in: {what}\npanic: {msg}");
+    }
 }
 
 /// Python's default recursion limit (`sys.getrecursionlimit()`): nested reprs and comparisons

@@ -252,35 +252,51 @@ pub(crate) fn clear_refs(obj: NonNull<Header>) -> Vec<WeakRef> {
     with_cb
 }
 
-/// Clears weak reference `w` without running its callback (it is garbage itself: held only by
-/// garbage). CPython: the first loop of `handle_weakrefs`.
-pub(crate) fn clear_garbage_ref(w: NonNull<Header>) {
-    unlink(w);
-    if let Some(cb) = wr(w).callback.take() {
-        // SAFETY: boxed by `make`, owned by the reference; dropped, not called.
-        drop(unsafe { Box::from_raw(cb.as_ptr()) });
+/// A callback taken from a weak reference, to be dropped later: dropping it runs the drop code
+/// of what it captured, which must not run in the middle of a collection.
+pub(crate) struct DeferredCallback(NonNull<Callback>);
+
+impl Drop for DeferredCallback {
+    fn drop(&mut self) {
+        // SAFETY: boxed by `make`; taken from its reference, so owned here alone.
+        let cb = unsafe { Box::from_raw(self.0.as_ptr()) };
+        runtime::run_user_code(&"the drop of a weak-reference callback", || drop(cb));
     }
 }
 
-/// Runs the callbacks of the given (cleared) references, in order. CPython: the second half
-/// of `PyObject_ClearWeakRefs`.
-pub(crate) fn run_callbacks(refs: Vec<WeakRef>) {
+/// Clears weak reference `w` without running its callback (it is garbage itself: held only by
+/// garbage) and hands the callback back, for the caller to drop once no code of the caller's
+/// can disturb it (CPython leaves `wr_callback` in place until the reference is freed).
+/// CPython: the first loop of `handle_weakrefs`.
+pub(crate) fn clear_garbage_ref(w: NonNull<Header>) -> Option<DeferredCallback> {
+    unlink(w);
+    wr(w).callback.take().map(DeferredCallback)
+}
+
+/// Runs the callbacks of the given (cleared) references, in order, and says how many of the
+/// references were freed as this let go of them (a callback that removed the last other
+/// reference, as a `WeakValueDict` entry's does). CPython: the second half of
+/// `PyObject_ClearWeakRefs`, and the count `handle_weakrefs` adds to a collection's.
+pub(crate) fn run_callbacks(refs: Vec<WeakRef>) -> usize {
+    let mut freed = 0;
     for r in refs {
         if let Some(cb) = wr(r.0.ptr()).callback.take() {
             // SAFETY: the callback was boxed by `make` and is owned by the reference.
             let cb = unsafe { Box::from_raw(cb.as_ptr()) };
-            cb(&r);
+            runtime::run_user_code(&"a weak-reference callback", || {
+                cb(&r);
+                drop(cb);
+            });
         }
+        freed += usize::from(r.0.header().refcnt.get() == 1);
     }
+    freed
 }
 
 unsafe fn weakref_dealloc(p: NonNull<Header>) {
     LIVE.with(|c| c.set(c.get().saturating_sub(1)));
     unlink(p);
-    if let Some(cb) = wr(p).callback.take() {
-        // SAFETY: boxed by `make`, owned by the reference.
-        drop(unsafe { Box::from_raw(cb.as_ptr()) });
-    }
+    drop(wr(p).callback.take().map(DeferredCallback));
     // SAFETY: allocated by `make` with this layout.
     unsafe {
         runtime::free_plain(p.cast(), core::alloc::Layout::new::<WeakRefObject>());

@@ -194,7 +194,10 @@ fn finalizers_may_collect_allocate_and_drop_garbage() {
         a1.setattr("child", a2.clone());
         a2.setattr("child", a1.clone());
     }
-    assert_eq!(gc::collect(2), 4);
+    // Each finalizer drops the reference that held the other instance: everything is freed
+    // by counts once the finalizers have run, and not counted. python3.11, with the same
+    // program (`__dict__` asked for): 0, then 0.
+    assert_eq!(gc::collect(2), 0);
     assert_eq!(gc::collect(2), 0);
     gc::enable();
 }
