@@ -141,34 +141,11 @@ fn ours() -> (f64, f64) {
 
 /// The same in python3, if it runs.
 fn python() -> Option<(f64, f64)> {
-    let script = format!(
-        r#"import gc, time
-gc.disable()
-# The interpreter's own tracked objects are in every full collection: its time for them
-# alone (an empty collection) is taken off, so that what is left is per object measured.
-gc.collect()
-empty = free = live = float("inf")
-for _ in range({ROUNDS}):
-    t = time.perf_counter(); gc.collect(); empty = min(empty, time.perf_counter() - t)
-for _ in range({ROUNDS}):
-    for _ in range({half}):
-        a = []; b = [a]; a.append(b)
-    del a, b
-    t = time.perf_counter(); k = gc.collect(); d = time.perf_counter() - t
-    free = min(free, (d - empty) * 1e9 / k)
-    keep = [[] for _ in range({N})]
-    gc.collect()
-    t = time.perf_counter(); gc.collect(); d = time.perf_counter() - t
-    live = min(live, (d - empty) * 1e9 / {N})
-    del keep
-print(free)
-print(live)
-"#,
-        half = N / 2
-    );
     let out = Command::new("python3")
         .arg("-c")
-        .arg(script)
+        .arg(include_str!("common/gc_cost.py"))
+        .arg(N.to_string())
+        .arg(ROUNDS.to_string())
         .output()
         .ok()
         .filter(|o| o.status.success())?;

@@ -324,6 +324,30 @@ fn candidate(p: NonNull<Header>) -> Option<&'static GcHead> {
     (!h.next.get().is_null() && state(h) & FLAG_COLLECTING != 0).then_some(h)
 }
 
+/// Marks candidate `h` reachable, and every candidate reachable from it, with the work list
+/// `work` (empty on entry and on return): no recursion. Returns how many it marked (0 if `h`
+/// was marked already).
+fn mark_reachable(h: &'static GcHead, work: &mut Vec<&'static GcHead>) -> usize {
+    if state(h) & FLAG_REACHABLE != 0 {
+        return 0;
+    }
+    set_state(h, refs(h), state(h) | FLAG_REACHABLE);
+    let mut marked = 1;
+    work.push(h);
+    while let Some(x) = work.pop() {
+        referents_of(object_of(ptr::from_ref(x).cast_mut()), &mut |r| {
+            if let Some(rh) = candidate(r)
+                && state(rh) & FLAG_REACHABLE == 0
+            {
+                set_state(rh, refs(rh), state(rh) | FLAG_REACHABLE);
+                marked += 1;
+                work.push(rh);
+            }
+        });
+    }
+    marked
+}
+
 /// Appends every head on `from`'s list to `to`'s, leaving `from` empty. CPython:
 /// `gc_list_merge`.
 fn splice(from: *mut GcHead, to: *mut GcHead) {
@@ -559,23 +583,8 @@ fn collect_main(generation: usize) -> usize {
     let mut work: Vec<&'static GcHead> = Vec::new();
     let mut nreachable = 0usize;
     walk(&mut |h| {
-        let st = state(h);
-        if st & FLAG_COLLECTING == 0 || st & FLAG_REACHABLE != 0 || refs(h) == 0 {
-            return;
-        }
-        set_state(h, refs(h), st | FLAG_REACHABLE);
-        nreachable += 1;
-        work.push(h);
-        while let Some(x) = work.pop() {
-            referents_of(object_of(ptr::from_ref(x).cast_mut()), &mut |r| {
-                if let Some(rh) = candidate(r)
-                    && state(rh) & FLAG_REACHABLE == 0
-                {
-                    set_state(rh, refs(rh), state(rh) | FLAG_REACHABLE);
-                    nreachable += 1;
-                    work.push(rh);
-                }
-            });
+        if state(h) & FLAG_COLLECTING != 0 && refs(h) > 0 {
+            nreachable += mark_reachable(h, &mut work);
         }
     });
     // 4. The list is relinked: survivors (and queued objects) stay, in order, and move to
@@ -726,19 +735,8 @@ fn resurrected(garbage: &[Obj]) -> Vec<bool> {
     let mut work: Vec<&'static GcHead> = Vec::new();
     for o in garbage {
         let h = head_of(o.ptr());
-        if refs(h) > 0 && state(h) & FLAG_REACHABLE == 0 {
-            set_state(h, refs(h), state(h) | FLAG_REACHABLE);
-            work.push(h);
-        }
-        while let Some(x) = work.pop() {
-            referents_of(object_of(ptr::from_ref(x).cast_mut()), &mut |r| {
-                if let Some(rh) = candidate(r)
-                    && state(rh) & FLAG_REACHABLE == 0
-                {
-                    set_state(rh, refs(rh), state(rh) | FLAG_REACHABLE);
-                    work.push(rh);
-                }
-            });
+        if refs(h) > 0 {
+            mark_reachable(h, &mut work);
         }
     }
     garbage
