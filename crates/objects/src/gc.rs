@@ -198,7 +198,8 @@ impl GcState {
     /// the sentinels are freed.
     pub(crate) fn release(&self) {
         drop(core::mem::take(&mut *self.garbage.borrow_mut()));
-        drop(core::mem::take(&mut *self.callbacks.borrow_mut()));
+        let callbacks = core::mem::take(&mut *self.callbacks.borrow_mut());
+        runtime::run_user_code(&"the drop of the gc callbacks", || drop(callbacks));
         for g in self.generations.iter().chain([&self.permanent]) {
             for p in g.members() {
                 let h = head_of(p);
@@ -513,9 +514,13 @@ pub mod callbacks {
         })
         .unwrap_or_default();
         for f in fs {
+            // `f` is moved in: if the callback removed itself, its captures drop in there.
             crate::runtime::run_user_code(
                 &format_args!("the gc callback for \"{}\"", phase.as_str()),
-                || f(phase, info),
+                move || {
+                    f(phase, info);
+                    drop(f);
+                },
             );
         }
     }
@@ -639,13 +644,7 @@ fn collect_main(generation: usize) -> usize {
     //    lets go of those only it holds, then of those that this left alone, and so on. What
     //    a finalizer resurrected (and what that reaches) survives.
     if finalize_garbage(&garbage) {
-        loop {
-            let before = garbage.len();
-            garbage.retain(|o| o.header().refcnt.get() != 1);
-            if garbage.len() == before {
-                break;
-            }
-        }
+        release_orphans(&mut garbage);
         let alive = resurrected(&garbage);
         let mut i = 0;
         garbage.retain(|o| {
@@ -676,18 +675,62 @@ fn collect_main(generation: usize) -> usize {
             unsafe { clear(o.ptr()) };
         }
     }
-    // What something still refers to after the clearing (a callback kept it) is tracked
-    // again; the rest is freed as the collector lets go.
-    with_gc(|gc| {
-        for o in &garbage {
-            if o.header().refcnt.get() > 1 {
-                retrack(gc, dest, o.ptr());
-            }
+    // The collector lets go, one object at a time: what something still refers to (a callback
+    // kept it, or code run by an earlier object's release resurrected it) is tracked again;
+    // the rest is freed. CPython: `delete_garbage`.
+    for o in garbage {
+        if o.header().refcnt.get() > 1 {
+            with_gc(|gc| retrack(gc, dest, o.ptr()));
         }
-    });
-    drop(garbage);
+        drop(o);
+    }
     drop(deferred);
     n
+}
+
+/// After the finalizers: lets go of every garbage object that only the collector still holds
+/// (a finalizer dropped the other references), which frees it by its count, and so on for
+/// what that leaves alone, with a work list of the freed objects' referents (a chain
+/// orphaned by a finalizer is freed in one pass, not one link per pass). Inside a running
+/// deallocation loop, what a release queues is freed at once too, so that its references do
+/// not look like outside ones. CPython frees such objects as the finalizers run; here they go
+/// after all the finalizers have run.
+fn release_orphans(garbage: &mut Vec<Obj>) {
+    use std::collections::HashMap;
+    let only_ours = |o: &Obj| o.header().refcnt.get() == 1;
+    let index: HashMap<usize, usize> = garbage
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.ptr().as_ptr().addr(), i))
+        .collect();
+    let mut held: Vec<Option<Obj>> = garbage.drain(..).map(Some).collect();
+    let mut work: Vec<usize> = Vec::new();
+    loop {
+        // Orphans reached only through objects outside the garbage (freed along with it)
+        // are found by this scan; the work list finds the rest.
+        work.extend((0..held.len()).filter(|&i| held[i].as_ref().is_some_and(only_ours)));
+        if work.is_empty() {
+            break;
+        }
+        while let Some(i) = work.pop() {
+            let Some(o) = held[i].take_if(|o| only_ours(o)) else {
+                continue;
+            };
+            let mut next: Vec<usize> = Vec::new();
+            referents_of(o.ptr(), &mut |r| {
+                if let Some(&j) = index.get(&r.as_ptr().addr()) {
+                    next.push(j);
+                }
+            });
+            drop(o);
+            runtime::drain_dealloc_queue();
+            work.extend(
+                next.into_iter()
+                    .filter(|&j| held[j].as_ref().is_some_and(only_ours)),
+            );
+        }
+    }
+    garbage.extend(held.into_iter().flatten());
 }
 
 /// Puts `p` back on generation `dest` unless something (a callback, a finalizer) tracked it

@@ -246,6 +246,23 @@ pub(crate) fn dealloc(p: NonNull<Header>) {
     }
 }
 
+/// Frees what waits in the running deallocation loop's queue now, rather than when the loop
+/// gets back to it (the collector, run from inside a deallocation, needs what it lets go of
+/// to be gone before it counts references). Nothing to do when no loop runs.
+pub(crate) fn drain_dealloc_queue() {
+    let q = DEALLOC_QUEUE.with(Cell::get);
+    if q.is_null() {
+        return;
+    }
+    // SAFETY: the running loop's queue, on this thread, published by `dealloc` and alive
+    // until that loop ends (which is after this returns: it is further up the stack); no
+    // reference to it is held while a deallocation runs.
+    while let Some(o) = unsafe { (*q).pop() } {
+        // SAFETY: `o`'s count reached zero: nobody refers to it any more.
+        unsafe { ((*o.as_ptr()).ty.dealloc)(o) };
+    }
+}
+
 /// Runs code of the caller's (a finalizer, a weak-reference callback, a `gc.callbacks`
 /// callback, or the drop of one) where the runtime cannot let it unwind: in the middle of a
 /// deallocation or a collection. A panic is caught and reported on stderr, and the runtime
