@@ -20,6 +20,11 @@
 //! Handles are `!Send`: one thread is one runtime, as one interpreter under its GIL: its free
 //! lists, small ints, interned strings and collector state are the thread's. Memory comes from
 //! one `PyMalloc` for the process, [`allocator()`].
+//!
+//! Beside the built-in types: instances of user classes ([`Class`], [`Instance`]), with
+//! finalizers ([`Class::with_finalizer`]); the cycle collector and CPython's `gc` module
+//! ([`gc`], with `gc.callbacks`); weak references ([`WeakRef`], [`WeakValueDict`]); and a
+//! memory_profiler-style table with pymalloc's blocks in use beside the RSS ([`profile`]).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
