@@ -13,7 +13,7 @@
 //! under that preset any request aligned to more than 8 bytes falls through to layer +1.
 //!
 //! Size class `i` holds blocks of `(i + 1) * ALIGNMENT` bytes; a request of `n` bytes goes to
-//! class `(n - 1) >> ALIGNMENT_SHIFT`. Every pool starts with a [`crate::pool::PoolHeader`]
+//! class `(n - 1) >> ALIGNMENT_SHIFT`. Every pool starts with a `PoolHeader`
 //! padded to `POOL_OVERHEAD` bytes, and holds `(POOL_SIZE - POOL_OVERHEAD) / size` blocks.
 //!
 //! A block of class `i` sits at `pool + POOL_OVERHEAD + k * size`. Pools are `POOL_SIZE`-aligned

@@ -133,7 +133,7 @@ const NOBODY: u32 = u32::MAX - 2;
 /// CPython's small-object allocator, usable as `#[global_allocator]`.
 ///
 /// `B` is the layer below, which serves requests the size classes do not (larger than
-/// [`Geometry::SMALL_REQUEST_THRESHOLD`] or aligned beyond [`Geometry::ALIGNMENT`]). `G` is the
+/// [`Geometry::SMALL_REQUEST_THRESHOLD`] or aligned beyond [`GeometryExt::ALIGNMENT`]). `G` is the
 /// geometry preset: [`Py310`] (512 B / 16 KiB pools / 1 MiB arenas) or [`Py37`]
 /// (256 B / 4 KiB / 256 KiB).
 ///
@@ -293,6 +293,62 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         self.shared.map.lookup(ptr as usize).is_some()
     }
 
+    /// A block for `layout` from the pools, or null if the layout is not a small one (larger
+    /// than [`Geometry::SMALL_REQUEST_THRESHOLD`] or aligned beyond [`GeometryExt::ALIGNMENT`])
+    /// or no arena can be mapped. Never from the backend: for a caller that serves everything
+    /// else itself, such as a C `malloc`, and frees with [`dealloc_pooled`](Self::dealloc_pooled).
+    /// `layout.size()` may be 0 (the smallest class is used). `zeroed` clears the first
+    /// `layout.size()` bytes.
+    #[inline]
+    pub fn alloc_pooled(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        match G::class_for(layout.size().max(1), layout.align()) {
+            Some(class) => self.alloc_in_class::<false>(class, layout, zeroed),
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// For a caller that does not keep a block's layout (a C `free`, `realloc`,
+    /// `malloc_usable_size`): the usable size of the block at `ptr`, that is the block size of
+    /// its size class (at least what was asked for), or `None` if `ptr` is in none of this
+    /// allocator's arenas. Lock-free; reads the block's pool header.
+    ///
+    /// # Safety
+    /// If `ptr` is in one of this allocator's arenas, it is a live block this allocator handed
+    /// out (and has not freed).
+    #[inline]
+    pub unsafe fn block_size(&self, ptr: *const u8) -> Option<usize> {
+        if !self.owns(ptr) {
+            return None;
+        }
+        // SAFETY: per the contract, a live block of one of our pools.
+        let class = unsafe { pool::class_of_block::<G>(ptr.cast_mut()) };
+        Some(G::class_size(class))
+    }
+
+    /// Frees the block at `ptr` without its layout if `ptr` is in one of this allocator's
+    /// arenas, and returns `true`; returns `false` and does nothing otherwise (the block is
+    /// someone else's: the caller frees it there). For a C `free`. Debug builds verify the block
+    /// as `dealloc` does and report a bad free with its address.
+    ///
+    /// # Safety
+    /// If `ptr` is in one of this allocator's arenas, it is a live block this allocator handed
+    /// out (from [`alloc_pooled`](Self::alloc_pooled) or `GlobalAlloc::alloc` with a small
+    /// layout), not used after this call.
+    #[inline]
+    pub unsafe fn dealloc_pooled(&self, ptr: *mut u8) -> bool {
+        if !self.owns(ptr) {
+            return false;
+        }
+        // SAFETY: per the contract, a live block of one of our pools.
+        let class = unsafe { pool::class_of_block::<G>(ptr) };
+        // SAFETY: a class's block size is a multiple of ALIGNMENT, a power of two.
+        let layout =
+            unsafe { Layout::from_size_align_unchecked(G::class_size(class), G::ALIGNMENT) };
+        // SAFETY: per the contract, a live block of ours, of its pool's class.
+        unsafe { self.dealloc_small(ptr, class, layout) };
+        true
+    }
+
     /// Gives back what the allocator keeps in reserve: each size class's last empty pool
     /// (kept so that allocating and freeing one block at a time does not move a pool to its
     /// arena and back on every pair) in the calling thread's heap, the shared heap and the
@@ -422,6 +478,18 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// arena map whether a block is ours, so such blocks go back to the backend.
     #[inline(always)]
     fn alloc_small(&self, class: usize, layout: Layout, zeroed: bool) -> *mut u8 {
+        self.alloc_in_class::<true>(class, layout, zeroed)
+    }
+
+    /// A block of class `class` from the pools, its first `layout.size()` bytes cleared if
+    /// `zeroed`. If no arena could be mapped: from the backend if `FALLBACK`, else null.
+    #[inline(always)]
+    fn alloc_in_class<const FALLBACK: bool>(
+        &self,
+        class: usize,
+        layout: Layout,
+        zeroed: bool,
+    ) -> *mut u8 {
         let t = tls::current();
         // SAFETY: a slot number is below MAX_SLOTS (`tls`). Heap `t` is this thread's (its
         // slot), or the sentinel heap 0, whose lists stay empty and which `try_alloc` then only
@@ -430,7 +498,11 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         if util::unlikely(p.is_null()) {
             p = self.alloc_slow(class);
             if p.is_null() {
-                return self.alloc_small_fallback(layout, zeroed);
+                return if FALLBACK {
+                    self.alloc_small_fallback(layout, zeroed)
+                } else {
+                    p
+                };
             }
         }
         if zeroed {

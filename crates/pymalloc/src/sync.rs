@@ -301,14 +301,10 @@ impl<T> Drop for Guard<'_, T> {
     }
 }
 
-/// A per-thread marker: the address of a thread-local byte. `const`-initialised and without a
-/// destructor, so it needs no registration and no allocation.
+/// A per-thread marker, unique among live threads (see `tls::thread_marker`).
 #[cfg(all(debug_assertions, not(loom)))]
 fn thread_marker() -> usize {
-    std::thread_local! {
-        static MARKER: u8 = const { 0 };
-    }
-    MARKER.with(|m| m as *const u8 as usize)
+    crate::tls::thread_marker()
 }
 
 #[cfg(all(test, not(loom)))]

@@ -43,11 +43,12 @@
 //! pools can still be freed (a remote free touches only atomic words); their free space is not
 //! reused.
 //!
-//! # A second way
-//! A preloaded C `malloc` needs initial-exec TLS (see `docs/ARCHITECTURE.md`); it would replace
-//! [`current`] and the two `thread_local!`s here, and nothing else.
-
-use core::cell::Cell;
+//! # Two ways to reach the per-thread words
+//! By default the slot, the phase and the holding number are `thread_local!`s. With the
+//! `initial-exec-tls` feature (x86_64 Linux; used by the preloadable C `malloc`,
+//! `pymalloc-preload`) they are three words of a static TLS block of our own, reached with the
+//! initial-exec model, which never calls `__tls_get_addr` (see `vars`). Only `vars` differs
+//! between the two.
 
 #[cfg(not(loom))]
 use crate::sync::atomic::AtomicU32;
@@ -121,10 +122,145 @@ const LIVE: u8 = 1;
 /// The thread's exit has begun: it holds no slot and must not take one again.
 const TORN_DOWN: u8 = 2;
 
-std::thread_local! {
-    static SLOT: Cell<usize> = const { Cell::new(0) };
-    static PHASE: Cell<u8> = const { Cell::new(FRESH) };
-    static HOLDING: Cell<u64> = const { Cell::new(0) };
+/// The three per-thread words: the slot, the phase and the holding. The only code that knows
+/// where they live.
+#[cfg(not(all(feature = "initial-exec-tls", not(miri), not(loom))))]
+mod vars {
+    use super::*;
+    use core::cell::Cell;
+
+    std::thread_local! {
+        static SLOT: Cell<usize> = const { Cell::new(0) };
+        static PHASE: Cell<u8> = const { Cell::new(FRESH) };
+        static HOLDING: Cell<u64> = const { Cell::new(0) };
+    }
+
+    #[inline(always)]
+    pub(super) fn slot() -> usize {
+        SLOT.with(Cell::get)
+    }
+    #[inline]
+    pub(super) fn phase() -> u8 {
+        PHASE.with(Cell::get)
+    }
+    #[inline]
+    pub(super) fn holding() -> u64 {
+        HOLDING.with(Cell::get)
+    }
+    /// The address of this thread's slot word: unique among live threads.
+    #[cfg(debug_assertions)]
+    #[inline]
+    pub(super) fn marker() -> usize {
+        SLOT.with(|c| core::ptr::from_ref(c) as usize)
+    }
+    #[inline]
+    pub(super) fn set(slot: usize, phase: u8, holding: u64) {
+        SLOT.with(|c| c.set(slot));
+        PHASE.with(|c| c.set(phase));
+        HOLDING.with(|c| c.set(holding));
+    }
+}
+
+/// The same three words in a static TLS block of our own, reached with the initial-exec
+/// model (`x@gottpoff(%rip)`, then `%fs`), which never calls `__tls_get_addr`: for a shared
+/// object loaded with `LD_PRELOAD` as the process's C `malloc`. With Rust's general-dynamic
+/// model, the first access after a `dlopen` of another module with TLS goes through
+/// `__tls_get_addr`, which may grow the thread's DTV with `malloc`, that is, with ourselves.
+/// glibc reserves static TLS for every module loaded at start-up, so the block exists in every
+/// thread from its creation, zeroed (slot 0, `FRESH`, holding 0).
+#[cfg(all(feature = "initial-exec-tls", not(miri), not(loom)))]
+mod vars {
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    compile_error!("the initial-exec-tls feature supports x86_64 Linux only");
+
+    // `.tbss`: zero-initialised thread-local data. Global but hidden, so that every codegen
+    // unit (and every crate this is inlined into) of one shared object finds the same block,
+    // and no other object sees it.
+    core::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 3",
+        ".globl __pymalloc_tls_block_v1",
+        ".hidden __pymalloc_tls_block_v1",
+        ".type __pymalloc_tls_block_v1, @object",
+        ".size __pymalloc_tls_block_v1, 24",
+        "__pymalloc_tls_block_v1:",
+        ".zero 24",
+        ".popsection",
+    );
+
+    const SLOT: usize = 0;
+    const PHASE: usize = 8;
+    const HOLDING: usize = 16;
+
+    /// The word at byte `OFF` of this thread's block.
+    #[inline(always)]
+    fn read<const OFF: usize>() -> u64 {
+        let v: u64;
+        // SAFETY: the block is this thread's own static TLS (24 bytes, 8-aligned), which
+        // exists from the thread's creation on; the GOT entry holds its offset from the
+        // thread pointer. Reads only; no stack, no flags.
+        unsafe {
+            core::arch::asm!(
+                "movq __pymalloc_tls_block_v1@GOTTPOFF(%rip), {v}",
+                "movq %fs:{off}({v}), {v}",
+                v = out(reg) v,
+                off = const OFF,
+                options(att_syntax, nostack, preserves_flags, readonly, pure),
+            );
+        }
+        v
+    }
+
+    /// Writes the word at byte `OFF` of this thread's block.
+    #[inline(always)]
+    fn write<const OFF: usize>(value: u64) {
+        // SAFETY: as in `read`; the block is only ever touched by its own thread.
+        unsafe {
+            core::arch::asm!(
+                "movq __pymalloc_tls_block_v1@GOTTPOFF(%rip), {t}",
+                "movq {v}, %fs:{off}({t})",
+                t = out(reg) _,
+                v = in(reg) value,
+                off = const OFF,
+                options(att_syntax, nostack, preserves_flags),
+            );
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn slot() -> usize {
+        read::<SLOT>() as usize
+    }
+    #[inline]
+    pub(super) fn phase() -> u8 {
+        read::<PHASE>() as u8
+    }
+    #[inline]
+    pub(super) fn holding() -> u64 {
+        read::<HOLDING>()
+    }
+    /// The thread pointer (`%fs:0` holds its own address on x86_64): unique among live
+    /// threads.
+    #[cfg(debug_assertions)]
+    #[inline]
+    pub(super) fn marker() -> usize {
+        let v: usize;
+        // SAFETY: the first word of the thread control block, always mapped, is its address.
+        unsafe {
+            core::arch::asm!(
+                "movq %fs:0, {v}",
+                v = out(reg) v,
+                options(att_syntax, nostack, preserves_flags, readonly, pure),
+            );
+        }
+        v
+    }
+    #[inline]
+    pub(super) fn set(slot: usize, phase: u8, holding: u64) {
+        write::<SLOT>(slot as u64);
+        write::<PHASE>(u64::from(phase));
+        write::<HOLDING>(holding);
+    }
 }
 
 /// Numbers each taking of a slot (from 1), so that a heap can tell whether its slot changed
@@ -136,14 +272,22 @@ static TAKINGS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::n
 #[cfg(not(loom))]
 #[inline]
 pub(crate) fn holding() -> u64 {
-    HOLDING.with(Cell::get)
+    vars::holding()
+}
+
+/// A number unique to the calling thread among live threads, for the lock's re-entry check in
+/// debug builds. Never allocates.
+#[cfg(all(debug_assertions, not(loom)))]
+#[inline]
+pub(crate) fn thread_marker() -> usize {
+    vars::marker()
 }
 
 /// The current thread's slot: 0 until it registers, and again from its exit on. Always below
 /// [`MAX_SLOTS`] (callers index with it unchecked).
 #[inline(always)]
 pub(crate) fn current() -> usize {
-    let t = SLOT.with(Cell::get);
+    let t = vars::slot();
     debug_assert!(t < MAX_SLOTS);
     t
 }
@@ -156,7 +300,7 @@ pub(crate) fn current() -> usize {
 #[inline(never)]
 pub(crate) fn register() -> usize {
     let slot = current();
-    if slot != 0 || PHASE.with(Cell::get) != FRESH {
+    if slot != 0 || vars::phase() != FRESH {
         return slot;
     }
     let Some(key) = exit_key() else {
@@ -165,9 +309,7 @@ pub(crate) fn register() -> usize {
     let Some(t) = SLOTS.take_free() else {
         return 0;
     };
-    SLOT.with(|c| c.set(t));
-    PHASE.with(|c| c.set(LIVE));
-    HOLDING.with(|c| c.set(TAKINGS.fetch_add(1, Relaxed) + 1));
+    vars::set(t, LIVE, TAKINGS.fetch_add(1, Relaxed) + 1);
     // SAFETY: `key` is a key we created; a key below PTHREAD_KEY_2NDLEVEL_SIZE needs no
     // allocation. The value only has to be non-null for the destructor to run.
     unsafe { libc::pthread_setspecific(key, core::ptr::dangling::<u8>().cast()) };
@@ -250,8 +392,7 @@ extern "C" fn thread_exit(_value: *mut libc::c_void) {
             }
         }
     }
-    SLOT.with(|c| c.set(0));
-    PHASE.with(|c| c.set(TORN_DOWN));
+    vars::set(0, TORN_DOWN, 0);
     if t != 0 {
         SLOTS.release(t);
     }

@@ -12,7 +12,7 @@ static GLOBAL: PyMalloc = PyMalloc::new();
 
 /// Words per batch, rounds per thread, boxes in the last test: fewer under Miri.
 const WORDS: u64 = if cfg!(miri) { 20 } else { 2000 };
-const ROUNDS: u64 = if cfg!(miri) { 2 } else { 6 };
+const ROUNDS: u64 = if cfg!(miri) { 1 } else { 6 };
 const BOXES: u64 = if cfg!(miri) { 200 } else { 10_000 };
 
 /// What one thread builds: strings, vectors and map nodes of many small sizes.

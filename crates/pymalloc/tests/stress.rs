@@ -15,6 +15,11 @@ static GLOBAL: PyMalloc = PyMalloc::new();
 const THREADS: usize = if cfg!(miri) { 4 } else { 8 };
 const ROUNDS: usize = if cfg!(miri) { 2 } else { 6 };
 const EXCHANGE: usize = 512;
+/// Sizes above the threshold reach 513 + this; a resize reaches this. Smaller under Miri, where
+/// writing and checking each byte is what takes the time; both still cross every route (within
+/// the pools, between classes, between the pools and layer +1).
+const LARGE_SPREAD: usize = if cfg!(miri) { 600 } else { 4000 };
+const RESIZE_MAX: usize = if cfg!(miri) { 800 } else { 2000 };
 
 /// Work per thread per round: 20 000 steps times `PYMALLOC_STRESS_SCALE` (default 1, or 1/200
 /// under Miri).
@@ -50,7 +55,7 @@ impl Obj {
         let size = match rng.below(100) {
             0..=69 => 1 + rng.below(128),
             70..=94 => 1 + rng.below(512),
-            _ => 513 + rng.below(4000),
+            _ => 513 + rng.below(LARGE_SPREAD),
         };
         let data = (0..size)
             .map(|i| (tag as usize).wrapping_mul(31).wrapping_add(i) as u8)
@@ -100,7 +105,7 @@ fn many_threads_random_sizes_cross_thread_frees_and_thread_exit() {
                                 let i = rng.below(live.len());
                                 let o = &mut live[i];
                                 o.check();
-                                let new_len = 1 + rng.below(2000);
+                                let new_len = 1 + rng.below(RESIZE_MAX);
                                 o.data.resize(new_len, 0);
                                 for (j, b) in o.data.iter_mut().enumerate() {
                                     *b = (o.tag as usize).wrapping_mul(31).wrapping_add(j) as u8;
