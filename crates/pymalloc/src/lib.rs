@@ -43,6 +43,14 @@
 //! `realloc` keeps a block in place while it stays in its class (or shrinks by at most a
 //! quarter, CPython's rule), and otherwise moves it, across the threshold in either direction.
 //!
+//! # Without the layout: a C `malloc`
+//! A caller that keeps no layout (the C API, `crates/preload`) uses [`PyMalloc::alloc_pooled`]
+//! (a pool block or null, never the backend), [`PyMalloc::dealloc_pooled`] and
+//! [`PyMalloc::block_size`], which find the block's arena in the arena map and its class in
+//! its pool header, and tell the caller when an address is not ours. The `initial-exec-tls`
+//! feature (x86_64 Linux) moves the per-thread words to initial-exec TLS, which such a shared
+//! object needs (see `tls`).
+//!
 //! # Invariants
 //! - Blocks of class `i` are `(i + 1) * ALIGNMENT` bytes, `ALIGNMENT`-aligned, inside a pool
 //!   whose header is at `ptr & !(POOL_SIZE - 1)`, inside an `ARENA_SIZE`-aligned arena.

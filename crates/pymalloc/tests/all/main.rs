@@ -3,6 +3,7 @@
 mod arenas;
 mod backend;
 mod model;
+mod pooled;
 mod realloc;
 mod report;
 mod sweep;
