@@ -21,11 +21,8 @@ fn pooled_blocks_without_their_layout<G: Geometry>() {
         );
         if size % 2 == 0 {
             // SAFETY: `size` bytes were asked for, zeroed.
-            assert!(
-                unsafe { core::slice::from_raw_parts(p, size) }
-                    .iter()
-                    .all(|&b| b == 0)
-            );
+            let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+            assert!(bytes.iter().all(|&b| b == 0));
         }
         // SAFETY: `n` bytes are usable.
         unsafe { p.write_bytes(0xA5, n) };
