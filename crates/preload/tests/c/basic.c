@@ -11,13 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "basic.c:%d: check failed: %s\n", __LINE__, #c);       \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#include "check.h"
 
 static int (*owns)(const void *);
 /* Sizes no allocator can serve, hidden from the compiler's own checks. */

@@ -10,13 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "fork.c:%d: check failed: %s\n", __LINE__, #c);        \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#include "check.h"
 
 static volatile int stop;
 

@@ -10,13 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(c)                                                                   \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            fprintf(stderr, "threads.c:%d: check failed: %s\n", __LINE__, #c);     \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
+#include "check.h"
 
 struct block {
     size_t size;
