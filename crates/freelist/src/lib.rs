@@ -35,6 +35,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod list;
+mod route;
 mod shared;
 
 pub use list::FreeList;

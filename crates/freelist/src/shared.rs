@@ -21,13 +21,11 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
-use core::ptr::{self, NonNull};
+use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use allocator_api2::alloc::{AllocError, Allocator};
 use pymalloc::thread::{self, MAX_SLOTS};
 
-use crate::list::dangling;
 use crate::{FreeListStats, PyMalloc, block_layout, next_of, set_next};
 
 /// One thread's list. Aligned to a cache line so that two threads' lists never share one.
@@ -309,81 +307,4 @@ impl<A: GlobalAlloc + ?Sized> Drop for SharedFreeList<'_, A> {
     }
 }
 
-// SAFETY: as for `FreeList`: our layout's blocks are distinct live blocks of `below` obtained
-// with `block`, every other layout is `below`'s, and `dealloc` routes by the same test.
-unsafe impl<A: GlobalAlloc + ?Sized> GlobalAlloc for SharedFreeList<'_, A> {
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout == self.layout {
-            self.alloc()
-        } else {
-            // SAFETY: the caller's layout is valid for `below`.
-            unsafe { self.below.alloc(layout) }
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout == self.layout {
-            let p = self.alloc();
-            if !p.is_null() {
-                // SAFETY: the block has `layout.size()` bytes.
-                unsafe { p.write_bytes(0, layout.size()) };
-            }
-            p
-        } else {
-            // SAFETY: as in `alloc`.
-            unsafe { self.below.alloc_zeroed(layout) }
-        }
-    }
-
-    #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if layout == self.layout {
-            // SAFETY: a block of our layout came from our `alloc` (GlobalAlloc contract).
-            unsafe { self.free(ptr) }
-        } else {
-            // SAFETY: any other layout's block is `below`'s.
-            unsafe { self.below.dealloc(ptr, layout) }
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `new_size` with `layout.align()` is a valid layout (GlobalAlloc contract).
-        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if layout != self.layout && new != self.layout {
-            // SAFETY: the block and both layouts are `below`'s.
-            return unsafe { self.below.realloc(ptr, layout, new_size) };
-        }
-        // SAFETY: `new` is valid; the old block is live until freed below.
-        unsafe {
-            let p = GlobalAlloc::alloc(self, new);
-            if !p.is_null() {
-                ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
-                GlobalAlloc::dealloc(self, ptr, layout);
-            }
-            p
-        }
-    }
-}
-
-// SAFETY: as for `&FreeList`: blocks stay valid until deallocated, and every copy of the
-// reference refers to the same lists.
-unsafe impl<A: GlobalAlloc + ?Sized> Allocator for &SharedFreeList<'_, A> {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if layout.size() == 0 {
-            return Ok(NonNull::slice_from_raw_parts(dangling(layout), 0));
-        }
-        // SAFETY: a valid layout of non-zero size.
-        let p = unsafe { GlobalAlloc::alloc(*self, layout) };
-        NonNull::new(p)
-            .map(|p| NonNull::slice_from_raw_parts(p, layout.size()))
-            .ok_or(AllocError)
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // SAFETY: allocated by `allocate` with this layout.
-            unsafe { GlobalAlloc::dealloc(*self, ptr.as_ptr(), layout) }
-        }
-    }
-}
+crate::route::route_by_layout!(SharedFreeList);
