@@ -118,7 +118,7 @@
 //! - An arena's `nfreepools` counts its dirty free pools (`ndirty`, on `freepools`), its
 //!   decommitted ones and its virgin ones.
 
-use core::ptr;
+use core::ptr::{self, NonNull};
 
 use crate::arena::{ArenaObject, ArenaTable, NONE};
 use crate::fallback::FallbackSet;
@@ -212,13 +212,41 @@ impl<G: Geometry> Heap<G> {
             return ptr::null_mut();
         }
         // SAFETY: a heap with a pool is one the caller owns; pools in usedpools are
-        // initialised, of this class, and not full.
+        // initialised, of this class, and not full, so `freeblock` is a free block.
+        unsafe {
+            let bp = (*pool).freeblock;
+            let next = pool::next_free(bp);
+            if likely(!next.is_null()) {
+                (*pool).set_count((*pool).count() + 1);
+                (*pool).freeblock = next;
+                return bp;
+            }
+            Self::pop_last_free(this, pool, class).as_ptr()
+        }
+    }
+
+    /// The pool's free list holds one block: take it, carve the next virgin block, and if
+    /// there is none, the pool is full. Out of line, so that the fast path above makes no call
+    /// (and needs no saved registers).
+    ///
+    /// # Safety
+    /// As for `try_alloc`, with `pool` the class's first pool.
+    #[cold]
+    #[inline(never)]
+    unsafe fn pop_last_free(
+        this: *mut Self,
+        pool: *mut PoolHeader,
+        class: usize,
+    ) -> NonNull<u8> {
+        // SAFETY: forwarded from the caller.
         unsafe {
             let (bp, full) = pool::pop::<G>(pool, class);
             if unlikely(full) {
                 (*this).pool_filled(pool, class);
             }
-            bp
+            // Non-null (the caller saw the block), which lets callers drop their null test
+            // after this call and jump to it as a tail call.
+            NonNull::new_unchecked(bp)
         }
     }
 

@@ -141,7 +141,7 @@ pub(crate) unsafe fn class_of_block<G: Geometry>(p: *mut u8) -> usize {
 /// # Safety
 /// `block` is a free block of a live pool.
 #[inline(always)]
-unsafe fn next_free(block: *mut u8) -> *mut u8 {
+pub(crate) unsafe fn next_free(block: *mut u8) -> *mut u8 {
     // SAFETY: a free block is at least ALIGNMENT >= 8 bytes, aligned, and holds its link.
     unsafe { block.cast::<*mut u8>().read() }
 }
