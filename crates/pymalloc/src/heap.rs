@@ -233,11 +233,7 @@ impl<G: Geometry> Heap<G> {
     /// As for `try_alloc`, with `pool` the class's first pool.
     #[cold]
     #[inline(never)]
-    unsafe fn pop_last_free(
-        this: *mut Self,
-        pool: *mut PoolHeader,
-        class: usize,
-    ) -> NonNull<u8> {
+    unsafe fn pop_last_free(this: *mut Self, pool: *mut PoolHeader, class: usize) -> NonNull<u8> {
         // SAFETY: forwarded from the caller.
         unsafe {
             let (bp, full) = pool::pop::<G>(pool, class);
