@@ -33,9 +33,11 @@
 //!   stays where it is (CPython's `pymalloc_realloc` rule); otherwise it moves to a smaller
 //!   class, or between the pools and glibc, by copying.
 //! - `posix_memalign` returns `EINVAL` for an alignment that is not a power of two multiple of
-//!   `sizeof(void *)` and leaves `*memptr` alone; `aligned_alloc` fails with `EINVAL` for an
-//!   alignment that is not a power of two; `memalign` rounds such an alignment up; `valloc` and
-//!   `pvalloc` align to the page.
+//!   `sizeof(void *)` and leaves `*memptr` alone; `memalign` rounds such an alignment up;
+//!   `valloc` and `pvalloc` align to the page.
+//! - One difference: `aligned_alloc` fails with `EINVAL` for an alignment that is not a power
+//!   of two, as C17 has it (DR 460); glibc 2.36, Debian 12's, rounds it up as `memalign` does.
+//! - `calloc` clears the whole block, all of what `malloc_usable_size` reports.
 //!
 //! # Start-up, threads and fork
 //! - Nothing has to run before the first `malloc` (the allocator is a `const` static; each
@@ -54,15 +56,15 @@
 //!
 //! # Limits
 //! x86_64 Linux with glibc only (the `__libc_*` entry points and the TLS access are theirs).
-//! `mallinfo`, `malloc_stats`, `mallopt` and `malloc_trim` are not replaced: they describe and
-//! tune glibc's part alone.
+//! `mallinfo`, `malloc_stats` and `mallopt` are not replaced: they describe and tune glibc's
+//! part alone. `malloc_trim` trims both.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::alloc::Layout;
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*};
 
 use pymalloc::{Geometry, GeometryExt, Py310, PyMalloc};
 
@@ -87,6 +89,55 @@ unsafe extern "C" {
     fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void;
     fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
     fn __libc_free(p: *mut c_void);
+}
+
+/// Whether glibc's allocator has been initialised: [`GLIBC_READY`], or the `pthread_self` of
+/// the one thread initialising it, or 0 before that.
+static GLIBC_INIT: AtomicUsize = AtomicUsize::new(0);
+const GLIBC_READY: usize = 1;
+
+/// Call before any `__libc_*` allocation. glibc sets its allocator up lazily, on its first
+/// call, and without a lock: normally that first call comes from the dynamic linker or the
+/// C library's start-up, before a second thread exists. With the small requests served here,
+/// glibc's first call can be the first large request of a program already running many
+/// threads; several at once corrupt its main arena. So the first call is made by one thread
+/// while the others wait (only ever at start-up, and after this one load each time).
+#[inline(always)]
+fn glibc_ready() {
+    if GLIBC_INIT.load(Acquire) != GLIBC_READY {
+        init_glibc();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn init_glibc() {
+    // SAFETY: pthread_self has no preconditions; a thread's handle is a non-null address
+    // (its thread control block), so never 0 or GLIBC_READY.
+    let me = unsafe { libc::pthread_self() } as usize;
+    match GLIBC_INIT.compare_exchange(0, me, Acquire, Acquire) {
+        Ok(_) => {
+            // SAFETY: glibc's own malloc and free of its own block; the first call
+            // initialises its allocator.
+            unsafe { __libc_free(__libc_malloc(SMALL + 1)) };
+            GLIBC_INIT.store(GLIBC_READY, Release);
+        }
+        // Initialised, or this very thread is initialising it and glibc called us back.
+        Err(GLIBC_READY) => {}
+        Err(t) if t == me => {}
+        Err(_) => {
+            while GLIBC_INIT.load(Acquire) != GLIBC_READY {
+                // SAFETY: no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+}
+
+/// `pthread_atfork` prepare handler: a child is never forked while another thread is halfway
+/// through [`init_glibc`] (the child would wait for it forever).
+extern "C" fn glibc_ready_before_fork() {
+    glibc_ready();
 }
 
 fn set_errno(e: c_int) {
@@ -115,22 +166,30 @@ unsafe fn usable_size(p: *mut c_void) -> usize {
     }
 }
 
-/// glibc's `malloc_usable_size`, which ours hides: found once with `dlsym(RTLD_NEXT)`.
+/// The next definition of `name` after ours (glibc's), looked up once with
+/// `dlsym(RTLD_NEXT)` and kept in `slot`; null if there is none.
+#[cold]
+fn glibc_fn(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
+    let mut f = slot.load(Acquire);
+    if f.is_null() {
+        // SAFETY: a NUL-terminated name; dlsym may allocate (through us), which is no
+        // re-entry into the caller.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+        slot.store(f, Release);
+    }
+    f
+}
+
+/// glibc's `malloc_usable_size`, which ours hides.
 ///
 /// # Safety
 /// `p` is a live block of glibc's allocator.
 #[cold]
 unsafe fn glibc_usable_size(p: *mut c_void) -> usize {
     static NEXT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
-    let mut f = NEXT.load(Acquire);
+    let f = glibc_fn(&NEXT, c"malloc_usable_size");
     if f.is_null() {
-        // SAFETY: a NUL-terminated name; dlsym may allocate (through us), which is no
-        // re-entry into this function.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) };
-        if f.is_null() {
-            return 0;
-        }
-        NEXT.store(f, Release);
+        return 0;
     }
     // SAFETY: glibc's `size_t malloc_usable_size(void *)`.
     let f: unsafe extern "C" fn(*mut c_void) -> usize = unsafe { core::mem::transmute(f) };
@@ -150,6 +209,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
             return p;
         }
     }
+    glibc_ready();
     // SAFETY: glibc's malloc; it sets errno on failure.
     unsafe { __libc_malloc(size) }
 }
@@ -181,11 +241,15 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
         return ptr::null_mut();
     };
     if total <= SMALL {
-        let p = pooled(total, true);
+        // The whole block is cleared, not only the bytes asked for, as glibc does: a program
+        // may use all of `malloc_usable_size`. A class's block size is the request rounded up
+        // to ALIGN, so asking for that rounded size clears the whole block.
+        let p = pooled(total.max(1).next_multiple_of(ALIGN), true);
         if !p.is_null() {
             return p;
         }
     }
+    glibc_ready();
     // SAFETY: glibc's calloc, which clears (or knows the memory is fresh) and checks.
     unsafe { __libc_calloc(n, size) }
 }
@@ -250,6 +314,7 @@ fn aligned(align: usize, size: usize) -> *mut c_void {
         // SAFETY: every result of ours is ALIGN-aligned.
         return unsafe { malloc(size) };
     }
+    glibc_ready();
     // SAFETY: glibc's memalign, with a power-of-two alignment.
     unsafe { __libc_memalign(align, size) }
 }
@@ -350,6 +415,26 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     unsafe { usable_size(p) }
 }
 
+/// glibc's `malloc_trim`: gives back what the pools keep in reserve (`PyMalloc::trim`: the
+/// calling thread's kept empty pools, the heaps of exited threads, every wholly free arena, the
+/// pages of free pools), then has glibc trim its own part with `pad`. Returns 1 if an arena of
+/// ours went back to the OS or glibc released memory, else 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_trim(pad: usize) -> c_int {
+    static NEXT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+    let ours = ALLOC.trim() > 0;
+    let f = glibc_fn(&NEXT, c"malloc_trim");
+    let theirs = if f.is_null() {
+        0
+    } else {
+        glibc_ready();
+        // SAFETY: glibc's `int malloc_trim(size_t)`.
+        let f: extern "C" fn(usize) -> c_int = unsafe { core::mem::transmute(f) };
+        f(pad)
+    };
+    c_int::from(ours || theirs != 0)
+}
+
 /// 1 if `p` points into one of the allocator's arenas (a block the pools served), else 0.
 /// Never touches the memory at `p`.
 #[unsafe(no_mangle)]
@@ -402,6 +487,11 @@ static SHOW_STATS: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn init() {
     ALLOC.enable_fork_safety();
+    // Registered after the allocator's handlers, so its prepare handler runs before theirs
+    // (prepare handlers run in the reverse order of registration): glibc's first call may
+    // come back to our pools, which theirs lock.
+    // SAFETY: a handler that may run at any fork; null parent and child handlers.
+    unsafe { libc::pthread_atfork(Some(glibc_ready_before_fork), None, None) };
     ALLOC.collect_at_thread_exit();
     // SAFETY: a NUL-terminated name; getenv does not allocate.
     let v: *const c_char = unsafe { libc::getenv(c"PYMALLOC_SHOW_STATS".as_ptr()) };

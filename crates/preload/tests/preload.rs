@@ -76,6 +76,14 @@ fn threads_hand_blocks_over_exit_and_outnumber_the_heaps() {
 }
 
 #[test]
+fn glibcs_first_call_made_by_many_threads_at_once() {
+    // glibc initialises its allocator on its first call, without a lock; here that first call
+    // can come from many threads at once (tests/c/glibc_first.c).
+    let out = run_preloaded(&mut Command::new(compile("glibc_first", "first")));
+    assert_eq!(stdout(&out), "ok\n");
+}
+
+#[test]
 fn fork_while_other_threads_allocate() {
     let out = run_preloaded(&mut Command::new(compile("fork", "fork")));
     assert_eq!(stdout(&out), "ok\n");

@@ -905,7 +905,8 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// The slow path of a small allocation: the thread's heap has no pool of this class with a
     /// free block (or the thread has no heap yet). Registers the thread, frees its delayed
     /// blocks, takes a pool from the arenas; before mapping a new arena, collects the heaps of
-    /// exited threads, whose empty pools may then serve. Threads without a slot use the shared
+    /// exited threads and its own (the remote frees into its pools), whose empty pools may
+    /// then serve. Threads without a slot use the shared
     /// heap under its lock. Null if no arena could be mapped.
     #[cold]
     #[inline(never)]
@@ -946,6 +947,17 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             return p;
         }
         self.collect_free_slots(t);
+        // Blocks other threads freed into this heap's listed pools wait on the pools' remote
+        // lists until the heap allocates from those pools again, which a thread that moved on
+        // to other classes never does (a producer whose blocks a consumer frees): take them in
+        // now, and give back the pools that empty, before asking the OS for more. This walks
+        // the heap's listed pools once per new arena (1 MiB of allocation at Py310).
+        heap.collect_all(&self.shared, true);
+        // SAFETY: our own heap.
+        let p = unsafe { Heap::try_alloc(heap, class) };
+        if !p.is_null() {
+            return p;
+        }
         heap.alloc_from_new_pool(class, &self.shared, true)
             .unwrap_or(ptr::null_mut())
     }

@@ -1,6 +1,7 @@
 //! Per-thread heaps seen from outside: blocks of a thread that has exited, freed here and
 //! reused by the next thread (which adopts the exited thread's heap); frees by another thread
-//! into full pools of a live thread, which that thread reuses without taking new pools; a
+//! into full pools of a live thread, which that thread reuses without taking new pools; remote
+//! frees taken in before a new arena is mapped (a producer whose consumer frees its blocks); a
 //! thread allocating after its heap is torn down; more threads than heap slots; several
 //! allocators used by several threads.
 //!
@@ -107,6 +108,54 @@ fn remote_frees_into_full_pools_are_reused_by_their_owner() {
             free_all(&A, &second);
         });
         join_all(vec![freer, owner]);
+    });
+    assert_eq!(A.stats().blocks_in_use(), 0);
+    A.check_invariants().unwrap();
+}
+
+/// A producer fills two arenas with 64-byte blocks, a consumer frees them all (remote frees,
+/// which wait on the pools' remote lists), and the producer then allocates as many bytes in
+/// 128-byte blocks (120 pools' worth): before it maps a new arena it takes in what was freed into its own pools
+/// and gives back the pools that emptied, so the 128-byte blocks reuse them.
+fn remote_frees_are_collected_before_a_new_arena() {
+    static A: PyMalloc = PyMalloc::new();
+    const L128: Layout = match Layout::from_size_align(128, 8) {
+        Ok(l) => l,
+        Err(_) => panic!(),
+    };
+    let n = PER_POOL * POOLS * 2;
+    std::thread::scope(|s| {
+        let (to_consumer, from_producer) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (to_producer, from_consumer) = std::sync::mpsc::channel::<()>();
+        let consumer = s.spawn(move || {
+            free_all(&A, &from_producer.recv().unwrap());
+            to_producer.send(()).unwrap();
+        });
+        let producer = s.spawn(move || {
+            to_consumer.send(alloc_n(&A, n)).unwrap();
+            from_consumer.recv().unwrap();
+            // No `stats()` before this point: it would collect the heap itself.
+            let big: Vec<usize> = (0..127 * 120)
+                .map(|_| {
+                    // SAFETY: a valid layout; freed below.
+                    let p = unsafe { A.alloc(L128) };
+                    assert!(!p.is_null());
+                    p as usize
+                })
+                .collect();
+            // 120 pools of 128-byte blocks fit in the two arenas the 64-byte blocks emptied.
+            let s = A.stats();
+            assert!(
+                s.arenas_highwater <= 3,
+                "{} arenas at once: the 128-byte blocks did not reuse the freed pools",
+                s.arenas_highwater
+            );
+            for p in big {
+                // SAFETY: allocated above with L128, freed once.
+                unsafe { A.dealloc(p as *mut u8, L128) };
+            }
+        });
+        join_all(vec![consumer, producer]);
     });
     assert_eq!(A.stats().blocks_in_use(), 0);
     A.check_invariants().unwrap();
@@ -405,6 +454,7 @@ fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, ()>>) {
 fn per_thread_heaps() {
     exited_threads_blocks_are_freed_here_and_its_pools_adopted();
     remote_frees_into_full_pools_are_reused_by_their_owner();
+    remote_frees_are_collected_before_a_new_arena();
     a_new_thread_uses_the_pool_it_adopts();
     a_new_thread_collects_the_heap_it_adopts();
     a_new_thread_collects_the_heap_it_adopts_in_every_allocator();

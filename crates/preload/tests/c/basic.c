@@ -54,14 +54,15 @@ int main(void) {
     free(z1);
     free(z2);
 
-    /* calloc clears a reused block; overflow fails with ENOMEM. */
+    /* calloc clears a reused block, all of its usable size (as glibc's does: a program may
+     * use what malloc_usable_size reports); overflow fails with ENOMEM. */
     for (size_t n = 1; n <= 1024; n += 7) {
         unsigned char *d = malloc(n);
-        memset(d, 0xAB, n);
+        memset(d, 0xAB, malloc_usable_size(d));
         free(d);
         unsigned char *c = calloc(1, n);
         CHECK(c != NULL);
-        for (size_t i = 0; i < n; i++) CHECK(c[i] == 0);
+        for (size_t i = 0; i < malloc_usable_size(c); i++) CHECK(c[i] == 0);
         free(c);
     }
     errno = 0;
@@ -155,6 +156,14 @@ int main(void) {
         CHECK(*(size_t *)many[i] == i);
         free(many[i]);
     }
+    /* After the free, the allocator keeps one wholly free arena (CPython's rule); malloc_trim
+     * gives it back too (and glibc's free memory): none of the freed blocks is in an arena of
+     * ours any more. (Nothing else small is live here.) */
+    size_t owned = 0;
+    for (size_t i = 0; i < N; i++) owned += owns(many[i]) != 0;
+    CHECK(owned > 0);
+    CHECK(malloc_trim(0) == 1);
+    for (size_t i = 0; i < N; i++) CHECK(!owns(many[i]));
     free(many);
     int (*print_stats)(int) = (int (*)(int))dlsym(RTLD_DEFAULT, "pymalloc_print_stats");
     CHECK(print_stats != NULL);
