@@ -43,8 +43,16 @@
 //! - Nothing has to run before the first `malloc` (the allocator is a `const` static; each
 //!   thread registers on its first allocation), so allocations made while the dynamic linker is
 //!   still loading libraries are served too.
-//! - A constructor (`.init_array`) makes the allocator fork-safe (`enable_fork_safety`) and has
-//!   each exiting thread collect its heap (`collect_at_thread_exit`).
+//! - A constructor (`.init_array`) makes the allocator fork-safe (`enable_fork_safety`), has
+//!   each exiting thread collect its heap (`collect_at_thread_exit`), and makes glibc's first
+//!   allocation call (see `glibc_ready`).
+//! - glibc sets its allocator up on its first call, without a lock. Since the small requests
+//!   are served here, that first call could come from many threads at once; the constructor
+//!   makes it while the process normally has one thread, and until it has been made, the
+//!   first `__libc_*` call of ours is made by one thread while the others wait. Not covered:
+//!   threads that a library's constructor starts before ours runs, calling glibc functions
+//!   this library does not replace (`mallinfo2`, `mallopt`, ...) at the same time as their
+//!   first large request. `PYMALLOC_LAZY_GLIBC=1` skips the constructor's call (for tests).
 //! - glibc frees (and sometimes allocates) after a thread's key destructors have run; such a
 //!   thread uses the shared locked heap (see pymalloc's `tls` module).
 //!
@@ -135,10 +143,20 @@ fn init_glibc() {
 }
 
 /// `pthread_atfork` prepare handler: a child is never forked while another thread is halfway
-/// through [`init_glibc`] (the child would wait for it forever).
+/// through [`init_glibc`] (the child would wait for it forever). (This also sets glibc up in
+/// a parent that had not yet made a large request.)
 extern "C" fn glibc_ready_before_fork() {
+    if LAZY_GLIBC.load(Relaxed) && GLIBC_INIT.load(Acquire) == 0 {
+        // The test knob: leave glibc untouched in parent and child. (A first call starting in
+        // another thread during this fork would leave the child waiting; the tests that use
+        // the knob fork from one thread.)
+        return;
+    }
     glibc_ready();
 }
+
+/// `PYMALLOC_LAZY_GLIBC=1`: glibc's first call is left to the first large request.
+static LAZY_GLIBC: AtomicBool = AtomicBool::new(false);
 
 fn set_errno(e: c_int) {
     // SAFETY: `__errno_location` returns this thread's `errno`, always valid.
@@ -493,6 +511,19 @@ extern "C" fn init() {
     // SAFETY: a handler that may run at any fork; null parent and child handlers.
     unsafe { libc::pthread_atfork(Some(glibc_ready_before_fork), None, None) };
     ALLOC.collect_at_thread_exit();
+    // Set glibc's allocator up now, while the process normally still has one thread: besides
+    // our `__libc_*` calls (which `glibc_ready` guards anyway), glibc functions we do not
+    // replace (`mallinfo2`, `mallopt`, `malloc_stats`, `malloc_info`) set it up lazily too,
+    // unguarded. `PYMALLOC_LAZY_GLIBC=1` skips this, leaving it to the first large request
+    // (the tests use it to exercise the guard).
+    // SAFETY: a NUL-terminated name; getenv does not allocate.
+    let lazy: *const c_char = unsafe { libc::getenv(c"PYMALLOC_LAZY_GLIBC".as_ptr()) };
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    if lazy.is_null() || unsafe { core::ffi::CStr::from_ptr(lazy) }.to_bytes() != b"1" {
+        glibc_ready();
+    } else {
+        LAZY_GLIBC.store(true, Relaxed);
+    }
     // SAFETY: a NUL-terminated name; getenv does not allocate.
     let v: *const c_char = unsafe { libc::getenv(c"PYMALLOC_SHOW_STATS".as_ptr()) };
     // SAFETY: a non-null getenv result is a NUL-terminated string.

@@ -158,6 +158,7 @@ pub(crate) struct Arenas<G: Geometry> {
     pools_decommitted: usize,                  // free pools whose pages were given back
     retention: Retention,                      // how much free memory stays committed
     ndirty_total: usize,                       // sum of the live arenas' `ndirty`
+    pub(crate) remote_walk_visits: usize,      // pools visited collecting before a new arena
     pub(crate) fallbacks: FallbackSet,         // debug builds: live fallback blocks
     _geometry: core::marker::PhantomData<G>,
 }
@@ -175,7 +176,11 @@ pub(crate) struct Heap<G: Geometry> {
     witness: [*mut PoolHeader; MAX_CLASSES],
     approved_alone: u64, // bit c: class c's kept pool was kept because its arena was the only one
     pub(crate) holder: u64, // the taking of the slot (`tls::holding`) that last looked after it
-    id: u32,             // the `owner` of this heap's pools
+    // Pool visits the heap may still spend collecting remote frees before mapping an arena:
+    // each arena it maps adds WALK_CREDIT (up to that much), each walk spends the pools it
+    // visited. So these walks cost at most WALK_CREDIT pool visits per arena mapped.
+    pub(crate) walk_budget: isize,
+    id: u32, // the `owner` of this heap's pools
     _geometry: core::marker::PhantomData<G>,
 }
 
@@ -185,12 +190,17 @@ pub(crate) struct Heap<G: Geometry> {
 unsafe impl<G: Geometry> Send for Heap<G> {}
 
 impl<G: Geometry> Heap<G> {
+    /// Pool visits a heap may spend, per arena it maps, collecting remote frees before mapping
+    /// the next one: four arenas' worth of pools.
+    pub(crate) const WALK_CREDIT: isize = 4 * G::MAX_POOLS_IN_ARENA as isize;
+
     pub(crate) const fn new(id: u32) -> Self {
         Self {
             usedpools: [ptr::null_mut(); MAX_CLASSES],
             witness: [ptr::null_mut(); MAX_CLASSES],
             approved_alone: 0,
             holder: 0,
+            walk_budget: Self::WALK_CREDIT,
             id,
             _geometry: core::marker::PhantomData,
         }
@@ -566,15 +576,17 @@ impl<G: Geometry> Heap<G> {
 
     /// Collects every remote free of every listed pool and gives back the pools that are then
     /// empty; with `keep` false, the kept empty pools go back too. Drain the delayed list first,
-    /// so that full pools with remote frees are listed.
-    pub(crate) fn collect_all(&mut self, sh: &Shared<G>, keep: bool) {
+    /// so that full pools with remote frees are listed. Returns how many pools it visited.
+    pub(crate) fn collect_all(&mut self, sh: &Shared<G>, keep: bool) -> usize {
         if self.is_empty() {
-            return;
+            return 0;
         }
+        let mut visited = 0;
         let mut ar = sh.arenas.lock();
         for class in 0..G::NB_SMALL_SIZE_CLASSES {
             let mut pool = self.usedpools[class];
             while !pool.is_null() {
+                visited += 1;
                 // SAFETY: a listed pool of ours.
                 let next = unsafe {
                     pool::collect(pool);
@@ -593,6 +605,7 @@ impl<G: Geometry> Heap<G> {
                 pool = next;
             }
         }
+        visited
     }
 
     /// Whether the heap has no pool in any class list.
@@ -801,6 +814,7 @@ impl<G: Geometry> Arenas<G> {
             pools_decommitted: 0,
             retention: Retention::new(G::MAX_POOLS_IN_ARENA),
             ndirty_total: 0,
+            remote_walk_visits: 0,
             fallbacks: FallbackSet::new(),
             _geometry: core::marker::PhantomData,
         }
@@ -1298,6 +1312,7 @@ impl<G: Geometry> Arenas<G> {
         s.total_arena_bytes = self.narenas_currently_allocated * G::ARENA_SIZE;
         s.arena_map_leaves = map.leaves();
         s.metadata_bytes = self.arenas.bytes() + map.bytes() + self.fallbacks.bytes();
+        s.remote_walk_visits = self.remote_walk_visits;
         s
     }
 

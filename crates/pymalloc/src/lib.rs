@@ -162,6 +162,10 @@ pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
 struct Slot<G: Geometry> {
     heap: UnsafeCell<Heap<G>>,
     delayed: AtomicPtr<u8>,
+    // Set by another thread's free that starts a listed pool's remote list; cleared by the
+    // holder when it collects its heap before mapping an arena. A hint only: a stale value
+    // costs a walk or delays one, never a block.
+    remote_pending: AtomicBool,
     large: SlotCounters, // this slot's share of the large-block counters
 }
 
@@ -171,6 +175,7 @@ impl<G: Geometry> Slot<G> {
         Self {
             heap: UnsafeCell::new(Heap::new(id)),
             delayed: AtomicPtr::new(ptr::null_mut()),
+            remote_pending: AtomicBool::new(false),
             large: SlotCounters::new(),
         }
     }
@@ -896,9 +901,15 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             return;
         }
         // SAFETY: a live block of an initialised pool, dead from now on.
-        if unsafe { pool::remote_push(pool, ptr) } {
+        match unsafe { pool::remote_push(pool, ptr) } {
             // SAFETY: we moved the pool's tag from FULL to QUEUED.
-            unsafe { pool::push_delayed(&slot.delayed, ptr) };
+            pool::RemotePush::Queued => unsafe { pool::push_delayed(&slot.delayed, ptr) },
+            // Read first: only the first remote free into a pool since the last collection
+            // writes the (shared) line.
+            pool::RemotePush::First if !slot.remote_pending.load(Relaxed) => {
+                slot.remote_pending.store(true, Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -950,14 +961,22 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // Blocks other threads freed into this heap's listed pools wait on the pools' remote
         // lists until the heap allocates from those pools again, which a thread that moved on
         // to other classes never does (a producer whose blocks a consumer frees): take them in
-        // now, and give back the pools that empty, before asking the OS for more. This walks
-        // the heap's listed pools once per new arena (1 MiB of allocation at Py310).
-        heap.collect_all(&self.shared, true);
-        // SAFETY: our own heap.
-        let p = unsafe { Heap::try_alloc(heap, class) };
-        if !p.is_null() {
-            return p;
+        // now, and give back the pools that empty, before asking the OS for more. Only if some
+        // other thread has freed into a listed pool since the last time, and only as far as
+        // the heap's walk budget goes (see `Heap::walk_budget`): a heap of many listed pools
+        // that keeps growing must not walk them all at every new arena.
+        if slot.remote_pending.load(Relaxed) && heap.walk_budget > 0 {
+            slot.remote_pending.store(false, Relaxed);
+            let visited = heap.collect_all(&self.shared, true);
+            heap.walk_budget -= visited as isize;
+            self.shared.arenas.lock().remote_walk_visits += visited;
+            // SAFETY: our own heap.
+            let p = unsafe { Heap::try_alloc(heap, class) };
+            if !p.is_null() {
+                return p;
+            }
         }
+        heap.walk_budget = (heap.walk_budget + Heap::<G>::WALK_CREDIT).min(Heap::<G>::WALK_CREDIT);
         heap.alloc_from_new_pool(class, &self.shared, true)
             .unwrap_or(ptr::null_mut())
     }

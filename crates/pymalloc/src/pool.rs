@@ -230,14 +230,24 @@ pub(crate) unsafe fn push<G: Geometry>(p: *mut u8) -> (*mut PoolHeader, bool, bo
     }
 }
 
-/// Frees `block` into `pool` from a thread that does not own it. Returns `true` if the pool
-/// was marked full: the tag is now `QUEUED` and the caller must push `block` on the owner's
-/// delayed list (see the module docs) instead.
+/// What [`remote_push`] did with a block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RemotePush {
+    /// The pool was marked full: its tag is now `QUEUED` and the caller must push the block on
+    /// the owner's delayed list (see the module docs) instead.
+    Queued,
+    /// On the pool's remote list, which was empty.
+    First,
+    /// On the pool's remote list, behind others.
+    Added,
+}
+
+/// Frees `block` into `pool` from a thread that does not own it (see [`RemotePush`]).
 ///
 /// # Safety
 /// `block` is a live block of `pool`, dead from now on; `pool` is an initialised pool.
 #[inline]
-pub(crate) unsafe fn remote_push(pool: *mut PoolHeader, block: *mut u8) -> bool {
+pub(crate) unsafe fn remote_push(pool: *mut PoolHeader, block: *mut u8) -> RemotePush {
     // SAFETY: the header is initialised; `remote` is only ever accessed atomically.
     let word = unsafe { &(*pool).remote };
     let mut old = word.load(Relaxed);
@@ -246,7 +256,7 @@ pub(crate) unsafe fn remote_push(pool: *mut PoolHeader, block: *mut u8) -> bool 
         if tag == FULL {
             // The owner must hear of it: take over the notification (only one thread wins).
             match word.compare_exchange_weak(old, (old & !TAG_MASK) | QUEUED, Relaxed, Relaxed) {
-                Ok(_) => return true,
+                Ok(_) => return RemotePush::Queued,
                 Err(now) => old = now,
             }
             continue;
@@ -256,7 +266,8 @@ pub(crate) unsafe fn remote_push(pool: *mut PoolHeader, block: *mut u8) -> bool 
         unsafe { block.cast::<*mut u8>().write(next) };
         // Release: the owner's Acquire swap sees the link and our earlier writes to the block.
         match word.compare_exchange_weak(old, block.expose_provenance() | tag, Release, Relaxed) {
-            Ok(_) => return false,
+            Ok(_) if next.is_null() => return RemotePush::First,
+            Ok(_) => return RemotePush::Added,
             Err(now) => old = now,
         }
     }
@@ -525,7 +536,7 @@ mod loom_models {
             let b = self.block(i);
             // SAFETY: block `i` is live and ours to free.
             unsafe {
-                if remote_push(self.pool(), b) {
+                if remote_push(self.pool(), b) == RemotePush::Queued {
                     push_delayed(&self.delayed, b);
                 }
             }

@@ -88,6 +88,9 @@ pub struct Stats {
     pub metadata_bytes: usize,
     /// Leaves of the arena map.
     pub arena_map_leaves: usize,
+    /// Pools visited, in all, by heaps collecting other threads' frees into their pools before
+    /// mapping an arena (bounded by `Heap::WALK_CREDIT` per arena mapped).
+    pub remote_walk_visits: usize,
 }
 
 impl Stats {
@@ -124,6 +127,7 @@ impl Stats {
             large_bytes: 0,
             metadata_bytes: 0,
             arena_map_leaves: 0,
+            remote_walk_visits: 0,
         }
     }
 
@@ -166,6 +170,7 @@ impl Stats {
         self.large_bytes += other.large_bytes;
         self.metadata_bytes += other.metadata_bytes;
         self.arena_map_leaves += other.arena_map_leaves;
+        self.remote_walk_visits += other.remote_walk_visits;
     }
 }
 

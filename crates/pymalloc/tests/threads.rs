@@ -161,6 +161,78 @@ fn remote_frees_are_collected_before_a_new_arena() {
     A.check_invariants().unwrap();
 }
 
+/// The collection before a new arena is bounded: a heap with a thousand half-free pools of
+/// one class, growing in another class while another thread frees one block into one of those
+/// pools before each new arena, visits at most `Heap::WALK_CREDIT` (256) pools per arena it
+/// maps, plus one whole walk, instead of every listed pool at every arena.
+fn collecting_before_a_new_arena_is_bounded() {
+    static A: PyMalloc = PyMalloc::new();
+    const L32: Layout = match Layout::from_size_align(32, 8) {
+        Ok(l) => l,
+        Err(_) => panic!(),
+    };
+    const PER_POOL_32: usize = (16 * 1024 - 48) / 32;
+    const ARENAS: usize = 12;
+    std::thread::scope(|s| {
+        let (to_freer, from_owner) = std::sync::mpsc::channel::<usize>();
+        let (to_owner, from_freer) = std::sync::mpsc::channel::<()>();
+        let freer = s.spawn(move || {
+            for p in from_owner {
+                // SAFETY: a live L32 block the owner handed over.
+                unsafe { A.dealloc(p as *mut u8, L32) };
+                to_owner.send(()).unwrap();
+            }
+        });
+        let owner = s.spawn(move || {
+            let small: Vec<usize> = (0..PER_POOL_32 * POOLS * 16)
+                .map(|_| {
+                    // SAFETY: a valid layout; freed below.
+                    let p = unsafe { A.alloc(L32) };
+                    assert!(!p.is_null());
+                    p as usize
+                })
+                .collect();
+            // Every other block of each pool (block offsets in a pool are 48 + 32k).
+            let (gone, mut kept): (Vec<usize>, Vec<usize>) =
+                small.iter().partition(|&&p| p % 64 == 16);
+            for &p in &gone {
+                // SAFETY: allocated above with L32, freed once.
+                unsafe { A.dealloc(p as *mut u8, L32) };
+            }
+            let before = A.stats();
+            let listed = before.classes()[1].pools;
+            let mut big = Vec::new();
+            for _ in 0..ARENAS {
+                to_freer.send(kept.pop().unwrap()).unwrap();
+                from_freer.recv().unwrap();
+                big.extend(alloc_n(&A, PER_POOL * POOLS));
+            }
+            let after = A.stats();
+            let mapped = after.arenas_allocated_total - before.arenas_allocated_total;
+            assert!(mapped >= ARENAS, "{mapped}");
+            assert!(
+                after.remote_walk_visits <= listed + 4 + mapped * 4 * POOLS,
+                "{} pools visited for {mapped} arenas mapped with {listed} pools listed",
+                after.remote_walk_visits
+            );
+            assert!(
+                after.remote_walk_visits >= listed,
+                "no collection ran at all: {} {listed} {mapped}",
+                after.remote_walk_visits
+            );
+            free_all(&A, &big);
+            for &p in &kept {
+                // SAFETY: allocated above with L32, freed once.
+                unsafe { A.dealloc(p as *mut u8, L32) };
+            }
+            drop(to_freer);
+        });
+        join_all(vec![owner, freer]);
+    });
+    assert_eq!(A.stats().blocks_in_use(), 0);
+    A.check_invariants().unwrap();
+}
+
 static LATE: PyMalloc = PyMalloc::new();
 static LATE_DONE: AtomicUsize = AtomicUsize::new(0);
 static LATE_BLOCK: AtomicUsize = AtomicUsize::new(0);
@@ -455,6 +527,7 @@ fn per_thread_heaps() {
     exited_threads_blocks_are_freed_here_and_its_pools_adopted();
     remote_frees_into_full_pools_are_reused_by_their_owner();
     remote_frees_are_collected_before_a_new_arena();
+    collecting_before_a_new_arena_is_bounded();
     a_new_thread_uses_the_pool_it_adopts();
     a_new_thread_collects_the_heap_it_adopts();
     a_new_thread_collects_the_heap_it_adopts_in_every_allocator();

@@ -1,10 +1,10 @@
-/* The process's first request above 512 bytes, made by many threads at once. With the library
- * preloaded these are glibc's first allocations of all, and glibc initialises its allocator
- * lazily, on the first call, without a lock. Each round forks a fresh child (the parent never
- * makes a large request, so each child starts with glibc's allocator untouched), in which 32
- * threads wait on a barrier and then allocate 1000-byte blocks. A child that crashes or
- * corrupts glibc's state fails the program. Output goes through write(2): stdio's buffer is a
- * large request. */
+/* The process's first request above 512 bytes, made by 32 threads at once. Run with
+ * PYMALLOC_LAZY_GLIBC=1 (the library then leaves glibc alone at start-up and at fork): these
+ * are glibc's first allocation calls of all, and glibc sets its allocator up on its first call
+ * without a lock. Each round forks a fresh child (the parent never makes a large request, so
+ * each child starts with glibc's allocator untouched), in which 32 threads wait on a barrier
+ * and then allocate 1000-byte blocks. A child that crashes fails the program. Output goes
+ * through write(2): stdio's buffer would be a large request. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
