@@ -17,6 +17,16 @@
 //! while locked), so this order cannot deadlock. The C library's own `fork` handling protects `malloc` (layer
 //! +1).
 //!
+//! Other code's fork handlers may allocate. Prepare handlers registered before ours run after
+//! ours, and parent and child handlers registered before ours run before ours: in both cases
+//! on the forking thread, which then holds every registered lock. So from `prepare` to
+//! `parent` or `child` the forking thread is recorded (`FORK_HOLDER`), and a `sync::Lock` it
+//! finds taken is, if registered, used as held: no wait, no release (`held_for_fork_by_me`).
+//! That is safe because nothing else can be inside the lock's critical section then (the
+//! forking thread took it in `prepare`, outside any) and the forking thread only runs handlers
+//! until `fork` returns. glibc's `malloc` gets the same freedom by locking inside `fork`
+//! itself, after the handlers; an allocator loaded in front of it cannot.
+//!
 //! # Concurrency
 //! The registry is a fixed array filled in order and a count published with `Release` after
 //! its slot; registrations are serialised by a lock of their own, which the `prepare` handler
@@ -53,18 +63,42 @@ pub(crate) fn register(lock: &'static RawLock) -> bool {
     })
 }
 
+/// The thread marker (`tls::thread_marker`) of the thread between our `prepare` and its
+/// `parent` or `child`, else 0. It holds every registered lock all that time, and other
+/// libraries' fork handlers run on it in between (prepare handlers registered before ours run
+/// after it; parent and child handlers registered before ours run before theirs). If one of
+/// them allocates and needs a lock it already holds, it uses it as held (see
+/// [`held_for_fork_by_me`]) instead of waiting for itself.
+#[cfg(not(loom))]
+static FORK_HOLDER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the calling thread holds `lock` because it is forking (between our `prepare` and
+/// its `parent` or `child`): then it may use what the lock guards, and must not release it.
+/// Only the forking thread itself writes `FORK_HOLDER`, and thread markers are unique among
+/// live threads, so no other thread can see its own marker there.
+#[cfg(not(loom))]
+pub(crate) fn held_for_fork_by_me(lock: &RawLock) -> bool {
+    let holder = FORK_HOLDER.load(Ordering::Relaxed);
+    holder != 0
+        && holder == crate::tls::thread_marker()
+        && REGISTRY.registered().any(|l| core::ptr::eq(l, lock))
+}
+
 #[cfg(not(loom))]
 extern "C" fn prepare() {
     REGISTRY.prepare();
+    FORK_HOLDER.store(crate::tls::thread_marker(), Ordering::Relaxed);
 }
 
 #[cfg(not(loom))]
 extern "C" fn parent() {
+    FORK_HOLDER.store(0, Ordering::Relaxed);
     REGISTRY.parent();
 }
 
 #[cfg(not(loom))]
 extern "C" fn child() {
+    FORK_HOLDER.store(0, Ordering::Relaxed);
     // SAFETY: `fork` runs this in the child, where the forking thread is the only thread and
     // holds every registered lock since `prepare`.
     unsafe { REGISTRY.child() };

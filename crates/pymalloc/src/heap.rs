@@ -177,8 +177,9 @@ pub(crate) struct Heap<G: Geometry> {
     approved_alone: u64, // bit c: class c's kept pool was kept because its arena was the only one
     pub(crate) holder: u64, // the taking of the slot (`tls::holding`) that last looked after it
     // Pool visits the heap may still spend collecting remote frees before mapping an arena:
-    // each arena it maps adds WALK_CREDIT (up to that much), each walk spends the pools it
-    // visited. So these walks cost at most WALK_CREDIT pool visits per arena mapped.
+    // each time it gets to mapping one adds WALK_CREDIT (up to that much), each walk spends
+    // the pools it visited. So these walks cost at most WALK_CREDIT pool visits per arena
+    // mapped, plus one walk.
     pub(crate) walk_budget: isize,
     id: u32, // the `owner` of this heap's pools
     _geometry: core::marker::PhantomData<G>,
@@ -191,8 +192,10 @@ unsafe impl<G: Geometry> Send for Heap<G> {}
 
 impl<G: Geometry> Heap<G> {
     /// Pool visits a heap may spend, per arena it maps, collecting remote frees before mapping
-    /// the next one: four arenas' worth of pools.
-    pub(crate) const WALK_CREDIT: isize = 4 * G::MAX_POOLS_IN_ARENA as isize;
+    /// the next one: sixteen arenas' worth of pools. A walk of F listed pools then comes at
+    /// most every F / 1024 arenas (Py310), and costs at most about as many pool visits as an
+    /// arena has pages to fault in, four times over.
+    pub(crate) const WALK_CREDIT: isize = 16 * G::MAX_POOLS_IN_ARENA as isize;
 
     pub(crate) const fn new(id: u32) -> Self {
         Self {

@@ -112,7 +112,10 @@ use core::cell::UnsafeCell;
 #[cfg(not(loom))]
 use core::ptr;
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicPtr,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 #[cfg(not(loom))]
 pub use geometry::{Geometry, GeometryExt, Py37, Py310};
@@ -386,8 +389,10 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// Makes this allocator safe across `fork()` from a multi-threaded process: its two locks
     /// (the shared heap's and the arenas') are taken before every fork, released after it in
     /// the parent and reset in the child, so the child can allocate and free at once (see
-    /// [`fork`]; the other threads' heaps are left alone in the child, see `docs/ARCHITECTURE.md`). Call it once, early, on the
-    /// `static` used as `#[global_allocator]`. Returns `false` if it could not be registered
+    /// [`fork`]; the other threads' heaps are left alone in the child, see
+    /// `docs/ARCHITECTURE.md`). Other code's fork handlers may allocate from it, whichever
+    /// order they were registered in. Call it once, early, on the `static` used as
+    /// `#[global_allocator]`. Returns `false` if it could not be registered
     /// (more than [`fork::MAX_REGISTERED`] allocators, or `pthread_atfork` failed).
     ///
     /// ```
@@ -901,15 +906,18 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
             return;
         }
         // SAFETY: a live block of an initialised pool, dead from now on.
-        match unsafe { pool::remote_push(pool, ptr) } {
+        let pushed = unsafe { pool::remote_push(pool, ptr) };
+        if pushed == pool::RemotePush::Queued {
             // SAFETY: we moved the pool's tag from FULL to QUEUED.
-            pool::RemotePush::Queued => unsafe { pool::push_delayed(&slot.delayed, ptr) },
-            // Read first: only the first remote free into a pool since the last collection
-            // writes the (shared) line.
-            pool::RemotePush::First if !slot.remote_pending.load(Relaxed) => {
-                slot.remote_pending.store(true, Relaxed);
-            }
-            _ => {}
+            unsafe { pool::push_delayed(&slot.delayed, ptr) };
+        }
+        if pushed != pool::RemotePush::Added {
+            // The first block on the pool's remote list, or in the delayed list for a pool
+            // the owner will re-list: worth a collection before the owner's next arena. A
+            // read-modify-write, Release, so that the owner's Acquire swap of the flag makes
+            // our push visible to its walk (RMWs continue the release sequence of whichever
+            // set it first); once per pool per collection, not per free.
+            slot.remote_pending.swap(true, Release);
         }
     }
 
@@ -965,8 +973,10 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
         // other thread has freed into a listed pool since the last time, and only as far as
         // the heap's walk budget goes (see `Heap::walk_budget`): a heap of many listed pools
         // that keeps growing must not walk them all at every new arena.
-        if slot.remote_pending.load(Relaxed) && heap.walk_budget > 0 {
-            slot.remote_pending.store(false, Relaxed);
+        if heap.walk_budget > 0 && slot.remote_pending.load(Relaxed) {
+            // Acquire: pairs with the setters' Release, so that every push that set the flag
+            // before this clear is seen by the walk; a later one sets it again.
+            slot.remote_pending.swap(false, Acquire);
             let visited = heap.collect_all(&self.shared, true);
             heap.walk_budget -= visited as isize;
             self.shared.arenas.lock().remote_walk_visits += visited;

@@ -229,17 +229,29 @@ impl<T> Lock<T> {
 
     #[inline(always)]
     pub(crate) fn lock(&self) -> Guard<'_, T> {
-        if !self.raw.try_lock() {
-            self.lock_contended();
+        if !self.raw.try_lock() && self.lock_contended() {
+            return Guard {
+                lock: self,
+                held_for_fork: true,
+            };
         }
         #[cfg(debug_assertions)]
         self.owner.store(thread_marker(), Ordering::Relaxed);
-        Guard { lock: self }
+        Guard {
+            lock: self,
+            held_for_fork: false,
+        }
     }
 
+    /// Takes the lock after a failed first attempt; returns `true`, without taking it, if the
+    /// calling thread already holds it because it is forking (another library's fork handler
+    /// allocating; see `fork::held_for_fork_by_me`).
     #[cold]
     #[inline(never)]
-    fn lock_contended(&self) {
+    fn lock_contended(&self) -> bool {
+        if crate::fork::held_for_fork_by_me(&self.raw) {
+            return true;
+        }
         #[cfg(debug_assertions)]
         if self.owner.load(Ordering::Relaxed) == thread_marker() {
             pymalloc_vmm::diag::fatal(format_args!(
@@ -249,6 +261,7 @@ impl<T> Lock<T> {
             ));
         }
         self.raw.lock_contended();
+        false
     }
 
     #[inline(always)]
@@ -272,6 +285,7 @@ impl<T> Lock<T> {
 #[cfg(not(loom))]
 pub(crate) struct Guard<'a, T> {
     lock: &'a Lock<T>,
+    held_for_fork: bool, // the lock is held by this thread's fork: not ours to release
 }
 
 #[cfg(not(loom))]
@@ -297,7 +311,9 @@ impl<T> DerefMut for Guard<'_, T> {
 impl<T> Drop for Guard<'_, T> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.lock.unlock();
+        if !self.held_for_fork {
+            self.lock.unlock();
+        }
     }
 }
 

@@ -148,7 +148,6 @@ mod vars {
         HOLDING.with(Cell::get)
     }
     /// The address of this thread's slot word: unique among live threads.
-    #[cfg(debug_assertions)]
     #[inline]
     pub(super) fn marker() -> usize {
         SLOT.with(|c| core::ptr::from_ref(c) as usize)
@@ -241,7 +240,6 @@ mod vars {
     }
     /// The thread pointer (`%fs:0` holds its own address on x86_64): unique among live
     /// threads.
-    #[cfg(debug_assertions)]
     #[inline]
     pub(super) fn marker() -> usize {
         let v: usize;
@@ -276,8 +274,8 @@ pub(crate) fn holding() -> u64 {
 }
 
 /// A number unique to the calling thread among live threads, for the lock's re-entry check in
-/// debug builds. Never allocates.
-#[cfg(all(debug_assertions, not(loom)))]
+/// debug builds and the fork handlers' holder. Never allocates.
+#[cfg(not(loom))]
 #[inline]
 pub(crate) fn thread_marker() -> usize {
     vars::marker()

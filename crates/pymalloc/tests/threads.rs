@@ -161,9 +161,9 @@ fn remote_frees_are_collected_before_a_new_arena() {
     A.check_invariants().unwrap();
 }
 
-/// The collection before a new arena is bounded: a heap with a thousand half-free pools of
-/// one class, growing in another class while another thread frees one block into one of those
-/// pools before each new arena, visits at most `Heap::WALK_CREDIT` (256) pools per arena it
+/// The collection before a new arena is bounded: a heap with 4 096 half-free pools of one
+/// class, growing in another class while another thread frees one block into one of those
+/// pools before each new arena, visits at most `Heap::WALK_CREDIT` (1 024) pools per arena it
 /// maps, plus one whole walk, instead of every listed pool at every arena.
 fn collecting_before_a_new_arena_is_bounded() {
     static A: PyMalloc = PyMalloc::new();
@@ -184,7 +184,7 @@ fn collecting_before_a_new_arena_is_bounded() {
             }
         });
         let owner = s.spawn(move || {
-            let small: Vec<usize> = (0..PER_POOL_32 * POOLS * 16)
+            let small: Vec<usize> = (0..PER_POOL_32 * POOLS * 64)
                 .map(|_| {
                     // SAFETY: a valid layout; freed below.
                     let p = unsafe { A.alloc(L32) };
@@ -211,7 +211,7 @@ fn collecting_before_a_new_arena_is_bounded() {
             let mapped = after.arenas_allocated_total - before.arenas_allocated_total;
             assert!(mapped >= ARENAS, "{mapped}");
             assert!(
-                after.remote_walk_visits <= listed + 4 + mapped * 4 * POOLS,
+                after.remote_walk_visits <= listed + 4 + mapped * 16 * POOLS,
                 "{} pools visited for {mapped} arenas mapped with {listed} pools listed",
                 after.remote_walk_visits
             );
