@@ -2,10 +2,14 @@
 //! reference callbacks (and the drops of their captures), `gc.callbacks`. It may panic, free
 //! what the collector is walking, resurrect garbage, or set attributes on what is being made;
 //! the runtime must stay sound and count as CPython 3.11 counts. Each test runs on its own
-//! thread, so its own runtime, and takes `SERIAL`: one counts pymalloc's blocks in use.
+//! thread, so its own runtime, and takes `SERIAL`: one counts pymalloc's blocks in use. The test
+//! harness does not wait for a test's thread to exit, and a thread's runtime (its objects and
+//! free lists) is freed as the thread exits, after its test released `SERIAL`: so `serial()`
+//! also waits until the previous holder's thread has dropped its thread-locals.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use pymalloc_objects::{
     Class, Instance, Int, List, Obj, Str, WeakRef, WeakValueDict, allocator, clear_free_lists, gc,
@@ -14,8 +18,31 @@ use pymalloc_objects::{
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Test threads that took `SERIAL` and have not yet dropped their thread-locals.
+static ALIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Leaves `ALIVE` as its thread's thread-locals are dropped. Set first in each test, so it is
+/// dropped last (thread-locals are dropped in the reverse order of their first use).
+struct Alive;
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, SeqCst);
+    }
+}
+
+thread_local! {
+    static ALIVE_MARK: RefCell<Option<Alive>> = const { RefCell::new(None) };
+}
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    while ALIVE.load(SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+    ALIVE.fetch_add(1, SeqCst);
+    ALIVE_MARK.with(|a| *a.borrow_mut() = Some(Alive));
+    guard
 }
 
 thread_local! {
