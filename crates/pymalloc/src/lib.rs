@@ -165,9 +165,9 @@ pub struct PyMalloc<B: GlobalAlloc = RawMalloc, G: Geometry = Py310> {
 struct Slot<G: Geometry> {
     heap: UnsafeCell<Heap<G>>,
     delayed: AtomicPtr<u8>,
-    // Set by another thread's free that starts a listed pool's remote list; cleared by the
-    // holder when it collects its heap before mapping an arena. A hint only: a stale value
-    // costs a walk or delays one, never a block.
+    // Set by another thread's free that starts a pool's remote list or queues a block on
+    // `delayed`; cleared by the holder when it collects its heap before mapping an arena. A
+    // hint only: a stale value costs a walk or delays one, never a block.
     remote_pending: AtomicBool,
     large: SlotCounters, // this slot's share of the large-block counters
 }
@@ -925,8 +925,8 @@ impl<B: GlobalAlloc, G: Geometry> PyMalloc<B, G> {
     /// free block (or the thread has no heap yet). Registers the thread, frees its delayed
     /// blocks, takes a pool from the arenas; before mapping a new arena, collects the heaps of
     /// exited threads and its own (the remote frees into its pools), whose empty pools may
-    /// then serve. Threads without a slot use the shared
-    /// heap under its lock. Null if no arena could be mapped.
+    /// then serve. Threads without a slot use the shared heap under its lock. Null if no arena
+    /// could be mapped.
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self, class: usize) -> *mut u8 {
